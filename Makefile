@@ -1,0 +1,30 @@
+# Every target is idempotent; up, dev and test install what is missing first.
+SHELL := /bin/bash
+PY := .venv/bin/python
+
+.PHONY: setup up down dev env status test lint bench example
+
+setup:
+	@scripts/setup.sh
+
+up: setup
+	@$(PY) -m stack up
+
+down:
+	@if [ -x $(PY) ]; then $(PY) -m stack down; fi
+
+dev: setup
+	@$(PY) -m stack dev
+
+env:
+	@$(PY) -m stack env
+
+status:
+	@$(PY) -m stack status
+
+test: setup
+	@$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	@$(PY) -m ruff check .
+	@$(PY) -m mypy shared functions stack

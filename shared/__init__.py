@@ -1,0 +1,1 @@
+"""The common library of every supaflow function (deployed as a Lambda layer)."""

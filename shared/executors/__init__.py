@@ -1,0 +1,1 @@
+"""One module per transformer type; each exposes `execute(config, inputs, ctx) -> dict`."""

@@ -1,0 +1,34 @@
+"""What every executor shares: the step it runs and how it reports a failure."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class StepError(Exception):
+    """A step failed. `retryable` decides between another attempt and failing the job."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """Identity and time budget of one attempt of one step."""
+
+    job_id: str
+    step_id: str
+    attempt: int
+    transformer_id: str
+    timeout_s: float
+    started: float = field(default_factory=time.monotonic)
+
+    def remaining_s(self) -> float:
+        return max(0.0, self.timeout_s - (time.monotonic() - self.started))
+
+    def log_keys(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "step_id": self.step_id, "attempt": self.attempt}

@@ -1,0 +1,231 @@
+"""One HTTP front door mirroring Supabase's layout, plus the functions of template.yaml.
+
+- /rest/v1/*                        -> PostgREST (supabase-py appends /rest/v1 itself)
+- /auth/v1/.well-known/jwks.json    -> the local ES256 public key
+- every HttpApi route of template.yaml -> its handler, called with an API Gateway v2 event
+
+Handlers run in worker threads and are shielded from client disconnects, as a
+Lambda invocation keeps running when its caller goes away.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route as StarletteRoute
+
+from stack import template
+from stack.config import REPO, StackConfig
+from stack.environment import function_environment
+from stack.secrets import load
+
+log = logging.getLogger("gateway")
+
+API_GATEWAY_MAX_BODY = 10 * 1024 * 1024
+HOP_BY_HOP = {
+    "connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
+    "proxy-authorization", "proxy-authenticate", "host", "content-length",
+    "content-encoding", "accept-encoding",
+}
+
+
+class LambdaContext:
+    """The attributes of the Lambda context object that handlers and Powertools read."""
+
+    def __init__(self, route: template.Route) -> None:
+        self.function_name = route.function
+        self.function_version = "$LATEST"
+        self.memory_limit_in_mb = route.memory_mb
+        self.aws_request_id = str(uuid.uuid4())
+        self.invoked_function_arn = (
+            f"arn:aws:lambda:local:000000000000:function:{route.function}"
+        )
+        self.log_group_name = f"/aws/lambda/{route.function}"
+        self.log_stream_name = "local"
+        self._deadline = time.monotonic() + route.timeout_s
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+Handler = Callable[[dict[str, Any], LambdaContext], Any]
+_handlers: dict[str, Handler] = {}
+_import_lock = threading.Lock()
+
+
+def _load_handler(route: template.Route) -> Handler:
+    """Import CodeUri/<module>.py under a private name: every function has an app.py."""
+    with _import_lock:
+        if route.function in _handlers:
+            return _handlers[route.function]
+        module_name, _, attr = route.handler.rpartition(".")
+        path = route.code_dir / f"{module_name.replace('.', '/')}.py"
+        spec = importlib.util.spec_from_file_location(f"fn_{route.function}", path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load {path}")
+        module: ModuleType = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        handler: Handler = getattr(module, attr)
+        _handlers[route.function] = handler
+        return handler
+
+
+def _v2_event(request: Request, route: template.Route, body: bytes) -> dict[str, Any]:
+    headers: dict[str, str] = {}
+    for key, value in request.headers.items():
+        headers[key] = f"{headers[key]},{value}" if key in headers else value
+    query: dict[str, str] = {}
+    for key, value in request.query_params.multi_items():
+        query[key] = f"{query[key]},{value}" if key in query else value
+    try:
+        text_body: str | None = body.decode() if body else None
+        is_b64 = False
+    except UnicodeDecodeError:
+        text_body, is_b64 = base64.b64encode(body).decode(), True
+    now = datetime.now(UTC)
+    client = request.client
+    return {
+        "version": "2.0",
+        "routeKey": route.route_key,
+        "rawPath": request.url.path,
+        "rawQueryString": request.url.query,
+        "cookies": [f"{k}={v}" for k, v in request.cookies.items()] or None,
+        "headers": headers,
+        "queryStringParameters": query or None,
+        "pathParameters": dict(request.path_params) or None,
+        "requestContext": {
+            "accountId": "000000000000",
+            "apiId": "local",
+            "domainName": request.url.hostname or "127.0.0.1",
+            "domainPrefix": "local",
+            "http": {
+                "method": request.method,
+                "path": request.url.path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": client.host if client else "127.0.0.1",
+                "userAgent": request.headers.get("user-agent", ""),
+            },
+            "requestId": str(uuid.uuid4()),
+            "routeKey": route.route_key,
+            "stage": "$default",
+            "time": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
+            "timeEpoch": int(now.timestamp() * 1000),
+        },
+        "body": text_body,
+        "isBase64Encoded": is_b64,
+    }
+
+
+def _v2_response(result: Any) -> Response:
+    """API Gateway's v2 rules: a dict with statusCode is a response, anything else is JSON."""
+    if not (isinstance(result, dict) and "statusCode" in result):
+        return Response(json.dumps(result), 200, media_type="application/json")
+    body = result.get("body") or ""
+    raw = base64.b64decode(body) if result.get("isBase64Encoded") else str(body).encode()
+    headers = {str(k): str(v) for k, v in (result.get("headers") or {}).items()}
+    response = Response(raw, int(result["statusCode"]), headers=headers)
+    for cookie in result.get("cookies") or []:
+        response.raw_headers.append((b"set-cookie", cookie.encode()))
+    return response
+
+
+def _function_endpoint(route: template.Route) -> Callable[[Request], Any]:
+    async def endpoint(request: Request) -> Response:
+        body = await request.body()
+        if len(body) > API_GATEWAY_MAX_BODY:
+            return JSONResponse({"message": "Request Entity Too Large"}, 413)
+        event = _v2_event(request, route, body)
+
+        def invoke() -> Any:
+            handler = _load_handler(route)
+            return handler(event, LambdaContext(route))
+
+        try:
+            with anyio.CancelScope(shield=True):
+                result = await anyio.to_thread.run_sync(invoke)
+        except Exception:
+            # A Lambda that raises gives API Gateway's bare 500, never the trace.
+            log.exception("function %s raised", route.function)
+            return JSONResponse({"message": "Internal Server Error"}, 500)
+        return _v2_response(result)
+
+    return endpoint
+
+
+def build_app(cfg: StackConfig) -> Starlette:
+    sec = load(cfg.secrets_file)
+    os.environ.update(function_environment(cfg, sec))
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))  # the shared layer, as /opt/python is on Lambda
+    rest = httpx.AsyncClient(base_url=cfg.rest_url, timeout=60.0)
+    jwks = sec.public_jwks()
+
+    async def jwks_endpoint(_: Request) -> Response:
+        return JSONResponse(jwks, headers={"Cache-Control": "public, max-age=600"})
+
+    async def health(_: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def rest_proxy(request: Request) -> Response:
+        path = request.path_params["path"]
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
+        upstream = await rest.request(
+            request.method, f"/{path}", params=request.url.query.encode() or None,
+            headers=headers, content=await request.body(),
+        )
+        out = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
+        return Response(upstream.content, upstream.status_code, headers=out)
+
+    routes = [
+        StarletteRoute("/health", health),
+        StarletteRoute("/auth/v1/.well-known/jwks.json", jwks_endpoint),
+        StarletteRoute(
+            "/rest/v1/{path:path}", rest_proxy,
+            methods=["GET", "POST", "PATCH", "PUT", "DELETE", "HEAD", "OPTIONS"],
+        ),
+    ]
+    for route in template.routes():
+        routes.append(StarletteRoute(route.path, _function_endpoint(route), methods=[route.method]))
+
+    async def on_startup() -> None:
+        anyio.to_thread.current_default_thread_limiter().total_tokens = 200
+
+    async def on_shutdown() -> None:
+        await rest.aclose()
+
+    return Starlette(routes=routes, on_startup=[on_startup], on_shutdown=[on_shutdown])
+
+
+def main() -> None:
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    cfg = StackConfig.from_env()
+    uvicorn.run(
+        build_app(cfg), host=cfg.host, port=cfg.api_port, log_level="warning",
+        access_log=False, timeout_keep_alive=30,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -27,4 +27,11 @@ test: setup
 
 lint: setup
 	@$(PY) -m ruff check .
-	@$(PY) -m mypy shared functions stack
+	@$(PY) -m mypy shared stack tests bench
+	@for f in functions/*/app.py; do $(PY) -m mypy "$$f" | grep -v "^Success" || true; done
+
+# SAM builds the shared layer with this target (template.yaml: BuildMethod makefile).
+build-SharedLayer:
+	mkdir -p "$(ARTIFACTS_DIR)/python"
+	cp -r shared "$(ARTIFACTS_DIR)/python/"
+	python3 -m pip install --quiet --target "$(ARTIFACTS_DIR)/python" ".[executors]"

@@ -17,7 +17,7 @@ def function_environment(cfg: StackConfig, sec: StackSecrets) -> dict[str, str]:
         "SUPAFLOW_FUNCTIONS_URL": cfg.api_url,
         "S3_ENDPOINT_URL": cfg.s3_url,
         "AWS_ACCESS_KEY_ID": "local",
-        "AWS_SECRET_ACCESS_KEY": "local",  # noqa: S105 - moto accepts any key
+        "AWS_SECRET_ACCESS_KEY": "local",
         "AWS_DEFAULT_REGION": "us-east-1",
         "POWERTOOLS_SERVICE_NAME": "supaflow",
     }

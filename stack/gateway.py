@@ -21,7 +21,6 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -220,6 +219,7 @@ def main() -> None:
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     cfg = StackConfig.from_env()
     uvicorn.run(
         build_app(cfg), host=cfg.host, port=cfg.api_port, log_level="warning",

@@ -44,7 +44,7 @@ def init_cluster(cfg: StackConfig, sec: StackSecrets) -> bool:
         _chown_to_db_owner(path)
     if os.geteuid() == 0:
         # The postgres user must be able to reach its folders inside the state dir.
-        os.chmod(cfg.state_dir, 0o711)
+        os.chmod(cfg.state_dir, 0o711)  # noqa: S103 - traverse only, no listing
     pwfile = cfg.pg_socket_dir / "initpw"
     pwfile.write_text(sec.db_password)
     _chown_to_db_owner(pwfile)

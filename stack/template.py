@@ -31,7 +31,7 @@ def _cfn_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
     return {f"Fn::{suffix}": value}
 
 
-_CfnLoader.add_multi_constructor("!", _cfn_tag)
+_CfnLoader.add_multi_constructor("!", _cfn_tag)  # type: ignore[no-untyped-call]
 
 
 def load_template(path: Path = TEMPLATE) -> dict[str, Any]:

@@ -106,3 +106,24 @@ def stack() -> Iterator[Stack]:
     yield st
     if not already_up:
         _stack_cli("down")
+
+
+@pytest.fixture(scope="session")
+def api(stack: Stack) -> Iterator[Any]:
+    from tests.api_client import Api
+
+    client = Api(stack.api_url)
+    yield client
+    client.http.close()
+
+
+def create_workflow(
+    stack: Stack, definition: dict[str, Any], *, active: bool = True, prefix: str = "wf"
+) -> str:
+    """A workflow with a fresh id, so tests never share one."""
+    wid = f"{prefix}-{uuid.uuid4().hex[:10]}"
+    stack.sql(
+        "insert into workflow.workflows (id, definition, is_active) values (%s, %s, %s)",
+        (wid, psycopg.types.json.Jsonb(definition), active),
+    )
+    return wid

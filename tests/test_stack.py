@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import jwt
@@ -22,10 +22,10 @@ import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from postgrest.exceptions import APIError
-from supabase import ClientOptions, create_client
 
 from stack import supervisor
 from stack.config import REPO
+from supabase import ClientOptions, create_client
 from tests.conftest import Stack
 
 
@@ -40,7 +40,7 @@ def second_stack_env() -> Iterator[dict[str, str]]:
     """A separate state folder and ports, so this test never touches the session's stack."""
     state = REPO / ".stack-tests" / uuid.uuid4().hex[:8]
     state.parent.mkdir(exist_ok=True)
-    os.chmod(state.parent, 0o711)
+    os.chmod(state.parent, 0o711)  # noqa: S103 - the postgres user must traverse it
     env = {
         **os.environ,
         "SUPAFLOW_STATE_DIR": str(state),
@@ -238,7 +238,7 @@ def test_es256_token_verifies_against_served_jwks(stack: Stack) -> None:
 
 
 class _Recorder(BaseHTTPRequestHandler):
-    received: list[dict[str, Any]] = []
+    received: ClassVar[list[dict[str, Any]]] = []
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", 0))

@@ -1,0 +1,57 @@
+"""Database access over PostgREST (supabase-py's client), as the user or as the service role.
+
+One pooled HTTP client per process; the per-call clients only carry headers,
+so creating one per request costs nothing.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any, cast
+
+import httpx
+from postgrest import SyncPostgrestClient
+
+from shared.settings import settings
+
+SCHEMA = "workflow"
+
+
+@cache
+def _http() -> httpx.Client:
+    return httpx.Client(
+        timeout=httpx.Timeout(30.0, connect=5.0),
+        limits=httpx.Limits(max_connections=100, max_keepalive_connections=50),
+    )
+
+
+def _client(authorization: str | None, apikey: str) -> SyncPostgrestClient:
+    headers = {"apikey": apikey, "Accept-Profile": SCHEMA, "Content-Profile": SCHEMA}
+    if authorization:
+        headers["Authorization"] = f"Bearer {authorization}"
+    return SyncPostgrestClient(
+        settings().rest_url, schema=SCHEMA, headers=headers, http_client=_http()
+    )
+
+
+def as_user(token: str) -> SyncPostgrestClient:
+    """The caller's own token: Postgres RLS decides what they see."""
+    return _client(token, settings().anon_key)
+
+
+def as_service() -> SyncPostgrestClient:
+    """The engine's own access.
+
+    Supabase's `sb_secret_...` keys are not JWTs: they go in apikey only.
+    """
+    key = settings().service_role_key
+    return _client(None if key.startswith("sb_") else key, key)
+
+
+def rows(data: Any) -> list[dict[str, Any]]:
+    """PostgREST answers JSON rows; this names that shape for the type checker."""
+    return cast(list[dict[str, Any]], data)
+
+
+def obj(data: Any) -> dict[str, Any]:
+    return cast(dict[str, Any], data)

@@ -1,0 +1,50 @@
+"""Calls between functions: the orchestrator "kick" and, later, executor dispatch."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import httpx
+
+from shared.api import logger
+from shared.settings import settings
+
+# Long enough to deliver the request, too short to wait for its answer: the
+# orchestrator keeps running after we hang up (the gateway and Lambda both do).
+KICK_TIMEOUT = httpx.Timeout(connect=0.5, read=0.002, write=0.5, pool=0.5)
+
+
+@cache
+def _http() -> httpx.Client:
+    return httpx.Client(limits=httpx.Limits(max_connections=20, max_keepalive_connections=0))
+
+
+def internal_headers() -> dict[str, str]:
+    return {"Authorization": f"Bearer {settings().internal_token}"}
+
+
+def functions_url(event: dict[str, Any] | None = None) -> str:
+    """Configured base URL, else the domain this request arrived on (the HttpApi's own).
+
+    The template cannot pass the API's URL to its own functions (a circular
+    dependency), so on AWS the functions learn it from the event.
+    """
+    if settings().functions_url:
+        return settings().functions_url
+    domain = ((event or {}).get("requestContext") or {}).get("domainName")
+    return f"https://{domain}" if domain else ""
+
+
+def kick_orchestrator(reason: str, event: dict[str, Any] | None = None) -> None:
+    """Best effort: a failure never fails the caller; pg_cron is the safety net."""
+    base = functions_url(event)
+    if not base:
+        return
+    try:
+        _http().post(f"{base}/internal/orchestrator", json={"reason": reason},
+                     headers=internal_headers(), timeout=KICK_TIMEOUT)
+    except httpx.TimeoutException:
+        pass  # delivered; we do not wait for the pass to finish
+    except httpx.HTTPError as exc:
+        logger.warning("orchestrator kick failed", extra={"error": str(exc), "reason": reason})

@@ -1,0 +1,175 @@
+"""The user API's operations: start a job, read one, list them. Always as the calling user."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from typing import Any
+
+from postgrest.exceptions import APIError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared import db
+from shared.auth import User
+from shared.definitions import DefinitionError, InputError, parse_definition, validate_input
+from shared.errors import ApiError, bad_request, not_found
+
+JOB_STATUSES = ("pending", "running", "completed", "failed", "awaiting_retry", "cancelled")
+JOB_COLUMNS = (
+    "id,workflow_id,workflow_version,status,current_step_id,input_data,step_data,final_result,"
+    "created_at,started_at,last_updated_at,completed_at,error_message,retry_count,max_retries,"
+    "next_retry_at,state_history,idempotency_key"
+)
+STEP_COLUMNS = (
+    "step_id,transformer_id,status,attempt,max_attempts,next_attempt_at,started_at,completed_at,error"
+)
+DEFAULT_LIMIT, MAX_LIMIT = 50, 200
+
+
+class StartRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    workflow_id: str = Field(min_length=1, max_length=128)
+    input_data: dict[str, Any] = Field(default_factory=dict)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+
+
+def _first_problem(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "body"
+    return f"{where}: {err['msg']}"
+
+
+def _database_error(exc: APIError) -> ApiError:
+    """PostgREST errors raised on purpose by our SQL (PTxxx) keep their meaning."""
+    if exc.code == "PT429":
+        retry_after = exc.hint if exc.hint and str(exc.hint).isdigit() else "1"
+        return ApiError(429, "rate_limited", str(exc.message), {"Retry-After": str(retry_after)})
+    if exc.code == "PT404":
+        return not_found(str(exc.message))
+    if exc.code in ("PT401", "PGRST301", "PGRST302"):
+        return ApiError(401, "unauthorized", str(exc.message))
+    return ApiError(502, "database_error", "the database refused the request")
+
+
+def start(user: User, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """Validate, then create the job in one SQL transaction. Returns (status, body)."""
+    try:
+        req = StartRequest.model_validate(body)
+    except ValidationError as exc:
+        raise bad_request(_first_problem(exc)) from exc
+    client = db.as_user(user.token)
+    try:
+        rows = db.rows(
+            client.table("workflows").select("version,definition")
+            .eq("id", req.workflow_id).eq("is_active", True).limit(1).execute().data
+        )
+    except APIError as exc:
+        raise _database_error(exc) from exc
+    if not rows:
+        raise not_found(f"workflow {req.workflow_id!r} not found")
+    try:
+        definition = parse_definition(rows[0]["definition"])
+        validate_input(definition, req.input_data)
+    except InputError as exc:
+        raise ApiError(400, "invalid_input", str(exc)) from exc
+    except DefinitionError as exc:
+        raise ApiError(422, "invalid_workflow", f"stored workflow is invalid: {exc}") from exc
+    try:
+        params: dict[str, Any] = {
+            "p_workflow_id": req.workflow_id,
+            "p_workflow_version": rows[0]["version"],
+            "p_input": req.input_data,
+            "p_idempotency_key": req.idempotency_key,
+        }
+        result = db.obj(client.rpc("start_job", params).execute().data)
+    except APIError as exc:
+        raise _database_error(exc) from exc
+    existing = bool(result.pop("existing", False))
+    return (200 if existing else 202), result
+
+
+def _public(job: dict[str, Any]) -> dict[str, Any]:
+    out = {"job_id": job["id"], **{k: v for k, v in job.items() if k not in ("id", "job_steps")}}
+    if "job_steps" in job:
+        out["steps"] = sorted(job["job_steps"], key=lambda s: (s["started_at"] or "~", s["step_id"]))
+    return out
+
+
+def parse_job_id(raw: str) -> str:
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError as exc:
+        raise bad_request(f"job id {raw!r} is not a UUID") from exc
+
+
+def get(user: User, job_id: str) -> dict[str, Any]:
+    """Another user's job is indistinguishable from a missing one: RLS filters it out."""
+    job_id = parse_job_id(job_id)
+    try:
+        rows = db.rows(
+            db.as_user(user.token).table("jobs")
+            .select(f"{JOB_COLUMNS},job_steps({STEP_COLUMNS})").eq("id", job_id).execute().data
+        )
+    except APIError as exc:
+        raise _database_error(exc) from exc
+    if not rows:
+        raise not_found(f"job {job_id} not found")
+    return _public(rows[0])
+
+
+def _encode_cursor(job: dict[str, Any]) -> str:
+    raw = json.dumps([job["created_at"], job["id"]]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[str, str]:
+    try:
+        created_at, job_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return str(created_at), str(uuid.UUID(str(job_id)))
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise bad_request("cursor is not valid") from exc
+
+
+def _limit(raw: str | None) -> int:
+    if raw is None:
+        return DEFAULT_LIMIT
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise bad_request(f"limit must be an integer from 1 to {MAX_LIMIT}")
+    return int(raw)
+
+
+def list_jobs(user: User, query: dict[str, str]) -> dict[str, Any]:
+    """Newest first, keyset-paginated on (created_at, id): stable under concurrent inserts."""
+    unknown = set(query) - {"status", "workflow_id", "limit", "cursor"}
+    if unknown:
+        raise bad_request(f"unknown query parameter(s): {', '.join(sorted(unknown))}")
+    limit = _limit(query.get("limit"))
+    builder = db.as_user(user.token).table("jobs").select(JOB_COLUMNS)
+    if (status := query.get("status")) is not None:
+        if status not in JOB_STATUSES:
+            raise bad_request(f"status must be one of {', '.join(JOB_STATUSES)}")
+        builder = builder.eq("status", status)
+    if (workflow_id := query.get("workflow_id")) is not None:
+        builder = builder.eq("workflow_id", workflow_id)
+    if (cursor := query.get("cursor")) is not None:
+        created_at, last_id = _decode_cursor(cursor)
+        builder = builder.or_(
+            f'created_at.lt."{created_at}",and(created_at.eq."{created_at}",id.lt.{last_id})'
+        )
+    try:
+        rows = db.rows(
+            builder.order("created_at", desc=True).order("id", desc=True).limit(limit + 1)
+            .execute().data
+        )
+    except APIError as exc:
+        if exc.code == "22007":  # a cursor whose timestamp Postgres cannot read
+            raise bad_request("cursor is not valid") from exc
+        raise _database_error(exc) from exc
+    page = rows[:limit]
+    return {
+        "jobs": [_public(r) for r in page],
+        "next_cursor": _encode_cursor(page[-1]) if len(rows) > limit else None,
+    }

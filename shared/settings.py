@@ -1,0 +1,50 @@
+"""The functions' configuration, read once per process from the environment.
+
+template.yaml sets these on Lambda; the local stack sets the same names.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cache
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return int(raw) if raw else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    supabase_url: str
+    anon_key: str
+    service_role_key: str
+    jwt_secret: str
+    internal_token: str
+    functions_url: str
+    max_body_bytes: int
+    jwt_leeway_s: int
+
+    @property
+    def rest_url(self) -> str:
+        return f"{self.supabase_url.rstrip('/')}/rest/v1"
+
+    @property
+    def jwks_url(self) -> str:
+        return f"{self.supabase_url.rstrip('/')}/auth/v1/.well-known/jwks.json"
+
+
+@cache
+def settings() -> Settings:
+    env = os.environ
+    return Settings(
+        supabase_url=env.get("SUPABASE_URL", ""),
+        anon_key=env.get("SUPABASE_ANON_KEY", ""),
+        service_role_key=env.get("SUPABASE_SERVICE_ROLE_KEY", ""),
+        jwt_secret=env.get("SUPABASE_JWT_SECRET", ""),
+        internal_token=env.get("SUPAFLOW_INTERNAL_TOKEN", ""),
+        functions_url=env.get("SUPAFLOW_FUNCTIONS_URL", "").rstrip("/"),
+        max_body_bytes=_int("SUPAFLOW_MAX_BODY_BYTES", 1024 * 1024),
+        jwt_leeway_s=_int("SUPAFLOW_JWT_LEEWAY_S", 30),
+    )

@@ -1,0 +1,169 @@
+-- Starting a job: one transaction creates the job, its steps and its first event.
+-- Called over RPC with the user's token: auth.uid() owns the job.
+
+-- Per-user limits on starts; a row with user_id null is the default for everyone.
+create table workflow.rate_limits (
+  user_id uuid unique references auth.users (id) on delete cascade,
+  max_starts integer not null check (max_starts >= 0),
+  window_seconds integer not null check (window_seconds > 0)
+);
+create unique index rate_limits_default_idx on workflow.rate_limits ((user_id is null))
+  where user_id is null;
+alter table workflow.rate_limits enable row level security;
+grant all on workflow.rate_limits to service_role;
+insert into workflow.rate_limits (user_id, max_starts, window_seconds) values (null, 600, 60);
+
+-- Appends one event to a job's log; the caller holds the job's row lock, so
+-- sequence numbers have no gaps.
+create or replace function workflow.append_event(
+  p_job_id uuid, p_event_type text, p_step_id text default null, p_attempt integer default null,
+  p_from_status text default null, p_to_status text default null,
+  p_detail jsonb default '{}'::jsonb
+) returns void
+language sql
+set search_path = ''
+as $$
+  with bumped as (
+    update workflow.jobs set event_seq = event_seq + 1
+    where id = p_job_id
+    returning event_seq
+  )
+  insert into workflow.job_events
+    (job_id, seq, event_type, step_id, attempt, from_status, to_status, detail)
+  select p_job_id, bumped.event_seq, p_event_type, p_step_id, p_attempt,
+         p_from_status, p_to_status, coalesce(p_detail, '{}'::jsonb)
+  from bumped
+$$;
+
+-- Raises PT429 (PostgREST answers HTTP 429) when the user is over their limit;
+-- the hint carries the seconds until a start is allowed again.
+create or replace function workflow.check_start_rate(p_user_id uuid) returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_max integer;
+  v_window integer;
+  v_count integer;
+  v_oldest timestamptz;
+begin
+  select max_starts, window_seconds into v_max, v_window
+  from workflow.rate_limits
+  where user_id = p_user_id or user_id is null
+  order by user_id nulls last
+  limit 1;
+  if v_max is null then
+    return;
+  end if;
+  select count(*), min(created_at) into v_count, v_oldest
+  from (
+    select created_at from workflow.jobs
+    where user_id = p_user_id and created_at > now() - make_interval(secs => v_window)
+    order by created_at desc
+    limit v_max
+  ) recent;
+  if v_count >= v_max then
+    raise sqlstate 'PT429' using
+      message = format('rate limit: at most %s starts per %s s', v_max, v_window),
+      hint = greatest(1, ceil(extract(epoch from
+        v_oldest + make_interval(secs => v_window) - now())))::text;
+  end if;
+end
+$$;
+
+-- Step rows of a definition. A step without depends_on follows the step listed
+-- before it; the first step, or depends_on: [], starts at once.
+create or replace function workflow.definition_steps(p_definition jsonb)
+returns table (step_id text, transformer_id text, depends_on text[], definition jsonb,
+               max_attempts integer)
+language sql
+immutable
+set search_path = ''
+as $$
+  with s as (
+    select step, ord, lag(step ->> 'id') over (order by ord) as previous
+    from jsonb_array_elements(p_definition -> 'steps') with ordinality as e(step, ord)
+  )
+  select
+    step ->> 'id',
+    step ->> 'transformer',
+    case
+      when step ? 'depends_on' and jsonb_typeof(step -> 'depends_on') = 'array'
+        then array(select jsonb_array_elements_text(step -> 'depends_on'))
+      when previous is null then '{}'::text[]
+      else array[previous]
+    end,
+    step || jsonb_build_object(
+      'retry', coalesce(step -> 'retry', p_definition -> 'retry', '{}'::jsonb)
+    ),
+    1 + coalesce(
+      (step -> 'retry' ->> 'max_retries')::integer,
+      (p_definition -> 'retry' ->> 'max_retries')::integer,
+      3
+    )
+  from s
+$$;
+
+create or replace function workflow.start_job(
+  p_workflow_id text, p_workflow_version integer, p_input jsonb,
+  p_idempotency_key text default null
+) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_user uuid := auth.uid();
+  v_definition jsonb;
+  v_job workflow.jobs;
+begin
+  if v_user is null then
+    raise sqlstate 'PT401' using message = 'a user token is required to start a job';
+  end if;
+  -- Serialise one user's starts: the rate limit and idempotency hold under concurrency.
+  perform pg_advisory_xact_lock(hashtextextended(v_user::text, 42));
+
+  if p_idempotency_key is not null then
+    select * into v_job from workflow.jobs
+    where user_id = v_user and idempotency_key = p_idempotency_key;
+    if found then
+      return jsonb_build_object('job_id', v_job.id, 'status', v_job.status,
+                                'created_at', v_job.created_at, 'existing', true);
+    end if;
+  end if;
+
+  select v.definition into v_definition
+  from workflow.workflows w
+  join workflow.workflow_versions v on v.workflow_id = w.id and v.version = p_workflow_version
+  where w.id = p_workflow_id and w.is_active;
+  if v_definition is null then
+    raise sqlstate 'PT404' using message = format('workflow %L not found', p_workflow_id);
+  end if;
+
+  perform workflow.check_start_rate(v_user);
+
+  insert into workflow.jobs (user_id, workflow_id, workflow_version, input_data,
+                             idempotency_key, max_retries, state_history)
+  values (v_user, p_workflow_id, p_workflow_version, coalesce(p_input, '{}'::jsonb),
+          p_idempotency_key,
+          coalesce((v_definition -> 'retry' ->> 'max_retries')::integer, 3),
+          jsonb_build_array(jsonb_build_object('status', 'pending', 'at', now())))
+  returning * into v_job;
+
+  insert into workflow.job_steps (job_id, step_id, transformer_id, depends_on, definition,
+                                  max_attempts, status, next_attempt_at)
+  select v_job.id, d.step_id, d.transformer_id, d.depends_on, d.definition, d.max_attempts,
+         case when cardinality(d.depends_on) = 0 then 'ready' else 'waiting' end,
+         case when cardinality(d.depends_on) = 0 then now() end
+  from workflow.definition_steps(v_definition) d;
+
+  perform workflow.append_event(v_job.id, 'job_created', p_to_status => 'pending',
+                                p_detail => jsonb_build_object('workflow_version', p_workflow_version));
+  return jsonb_build_object('job_id', v_job.id, 'status', v_job.status,
+                            'created_at', v_job.created_at, 'existing', false);
+end
+$$;
+
+revoke execute on all functions in schema workflow from public, anon, authenticated;
+grant execute on function workflow.start_job(text, integer, jsonb, text) to authenticated;
+grant execute on all functions in schema workflow to service_role;

@@ -1,0 +1,206 @@
+"""The user API through the gateway: start, get and list jobs behind Supabase JWTs."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from tests.api_client import Api
+from tests.conftest import Stack, User, create_workflow
+
+NAMED_INPUT = {
+    "steps": [{"id": "only", "transformer": "noop", "inputs": {"name": "$.input.name"}}],
+    "input_schema": {
+        "type": "object",
+        "required": ["name"],
+        "properties": {
+            "name": {"type": "string"},
+            "options": {"type": "object", "properties": {"speed": {"type": "integer"}}},
+        },
+    },
+}
+
+
+@pytest.fixture
+def workflow(stack: Stack) -> str:
+    return create_workflow(stack, NAMED_INPUT)
+
+
+def job_count(stack: Stack, user: User) -> int:
+    return int(stack.sql("select count(*) from workflow.jobs where user_id = %s", (user.id,))[0][0])
+
+
+def start_ok(api: Api, user: User, workflow: str, **extra: Any) -> dict[str, Any]:
+    response = api.start(user.token, {"workflow_id": workflow, "input_data": {"name": "n"}, **extra})
+    assert response.status_code == 202, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def test_two_users_see_only_their_own_jobs(stack: Stack, api: Api, workflow: str) -> None:
+    alice, bob = stack.create_user(), stack.create_user()
+    a = start_ok(api, alice, workflow)
+    b = start_ok(api, bob, workflow)
+    assert a["status"] == "pending" and a["job_id"] != b["job_id"]
+
+    got = api.request("GET", f"/jobs/{a['job_id']}", alice.token)
+    assert got.status_code == 200
+    job = got.json()
+    assert job["job_id"] == a["job_id"] and job["workflow_id"] == workflow
+    assert job["input_data"] == {"name": "n"}
+    assert [s["step_id"] for s in job["steps"]] == ["only"]
+    assert job["steps"][0]["status"] in ("ready", "running", "completed")
+
+    # Another user's job does not exist for you, whichever way you ask.
+    assert api.request("GET", f"/jobs/{a['job_id']}", bob.token).status_code == 404
+    listed = api.request("GET", "/jobs", bob.token, params={"workflow_id": workflow}).json()
+    assert [j["job_id"] for j in listed["jobs"]] == [b["job_id"]]
+    direct = httpx.get(
+        f"{stack.api_url}/rest/v1/jobs", params={"select": "id", "workflow_id": f"eq.{workflow}"},
+        headers={"apikey": stack.sec.anon_key, "Authorization": f"Bearer {bob.token}",
+                 "Accept-Profile": "workflow"},
+    )
+    assert direct.status_code == 200 and [r["id"] for r in direct.json()] == [b["job_id"]]
+
+
+def test_bad_requests_get_clear_errors_and_write_nothing(
+    stack: Stack, api: Api, workflow: str
+) -> None:
+    user = stack.create_user()
+    inactive = create_workflow(stack, NAMED_INPUT, active=False)
+    cases: list[tuple[dict[str, Any], int, str]] = [
+        ({"content": b'{"workflow_id": '}, 400, "invalid_json"),
+        ({"content": b"[1, 2]"}, 400, "invalid_json"),
+        ({"content": b""}, 400, "invalid_json"),
+        ({"json": {"workflow_id": 42, "input_data": {}}}, 400, "bad_request"),
+        ({"json": {"workflow_id": workflow, "input_data": []}}, 400, "bad_request"),
+        ({"json": {"workflow_id": workflow, "input_data": {}, "extra": 1}}, 400, "bad_request"),
+        ({"json": {"workflow_id": workflow, "input_data": {"name": 3}}}, 400, "invalid_input"),
+        ({"json": {"workflow_id": workflow, "input_data": {}}}, 400, "invalid_input"),
+        ({"json": {"workflow_id": "no-such-workflow", "input_data": {}}}, 404, "not_found"),
+        ({"json": {"workflow_id": inactive, "input_data": {"name": "n"}}}, 404, "not_found"),
+        ({"content": b'{"workflow_id": "x", "input_data": {"pad": "' + b"a" * (1024 * 1024) + b'"}}'},
+         413, "payload_too_large"),
+    ]
+    for kwargs, status, code in cases:
+        response = api.start(user.token, **kwargs)
+        assert response.status_code == status, (kwargs.keys(), response.text)
+        assert response.json()["error"]["code"] == code, response.text
+    named = api.start(user.token, {"workflow_id": workflow, "input_data": {"name": 3}}).json()
+    assert "input_data.name" in named["error"]["message"]
+    nested = api.start(user.token, {"workflow_id": workflow,
+                                    "input_data": {"name": "n", "options": {"speed": "fast"}}})
+    assert nested.status_code == 400 and "input_data.options.speed" in nested.text
+
+    for token in (None, "not-a-jwt", stack.token(user.id, exp_in=-300)):
+        response = api.start(token, {"workflow_id": workflow, "input_data": {"name": "n"}})
+        assert response.status_code == 401 and response.json()["error"]["code"] == "unauthorized"
+
+    assert api.request("GET", "/jobs/not-a-uuid", user.token).status_code == 400
+    assert api.request("GET", f"/jobs/{uuid.uuid4()}", user.token).status_code == 404
+    assert api.request("GET", f"/jobs/{uuid.uuid4()}").status_code == 401
+    assert api.request("GET", "/jobs").status_code == 401
+    for params in ({"limit": "0"}, {"limit": "201"}, {"limit": "x"}, {"status": "done"},
+                   {"cursor": "%%%"}, {"cursor": base64.urlsafe_b64encode(b'["x", 1]').decode()},
+                   {"bogus": "1"}):
+        response = api.request("GET", "/jobs", user.token, params=params)
+        assert response.status_code == 400, (params, response.text)
+    assert job_count(stack, user) == 0
+
+
+def test_idempotency_key_returns_the_same_job(stack: Stack, api: Api, workflow: str) -> None:
+    user, other = stack.create_user(), stack.create_user()
+    first = start_ok(api, user, workflow, idempotency_key="order-17")
+    again = api.start(user.token, {"workflow_id": workflow, "input_data": {"name": "n"},
+                                   "idempotency_key": "order-17"})
+    assert again.status_code == 200 and again.json()["job_id"] == first["job_id"]
+    theirs = start_ok(api, other, workflow, idempotency_key="order-17")
+    assert theirs["job_id"] != first["job_id"]
+    assert job_count(stack, user) == 1 and job_count(stack, other) == 1
+
+
+def test_rate_limit_answers_429_then_recovers(stack: Stack, api: Api, workflow: str) -> None:
+    user = stack.create_user()
+    stack.sql("insert into workflow.rate_limits (user_id, max_starts, window_seconds)"
+              " values (%s, 3, 3)", (user.id,))
+    for _ in range(3):
+        start_ok(api, user, workflow)
+    limited = api.start(user.token, {"workflow_id": workflow, "input_data": {"name": "n"}})
+    assert limited.status_code == 429, limited.text
+    assert limited.json()["error"]["code"] == "rate_limited"
+    retry_after = int(limited.headers["Retry-After"])
+    assert 1 <= retry_after <= 3
+    assert job_count(stack, user) == 3
+    time.sleep(retry_after + 0.5)
+    start_ok(api, user, workflow)
+    assert job_count(stack, user) == 4
+
+
+def test_accepted_and_refused_tokens(stack: Stack, api: Api, workflow: str) -> None:
+    user = stack.create_user()
+    body = {"workflow_id": workflow, "input_data": {"name": "n"}}
+    assert api.start(user.token, body).status_code == 202
+    assert api.start(user.es256_token, body).status_code == 202
+    assert api.request("GET", "/jobs", user.es256_token).status_code == 200
+
+    now = int(time.time())
+    claims = {"sub": user.id, "aud": "authenticated", "role": "authenticated", "exp": now + 600}
+    unsigned = jwt.encode(claims, key=None, algorithm="none")
+    wrong_aud = stack.token(user.id, aud="anon")
+    expired = stack.token(user.id, exp_in=-600)
+    no_sub = jwt.encode({k: v for k, v in claims.items() if k != "sub"},
+                        stack.sec.jwt_secret, algorithm="HS256")
+    head, payload, sig = user.token.split(".")
+    forged = json.loads(jwt.utils.base64url_decode(payload))
+    forged["sub"] = str(uuid.uuid4())
+    tampered = ".".join([head, jwt.utils.base64url_encode(json.dumps(forged).encode()).decode(), sig])
+    # Algorithm confusion: HS256 "signed" with the public key the JWKS serves.
+    public_pem = stack.sec.es256_private_key().public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    header = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=")
+    body_b64 = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=")
+    import hashlib
+    import hmac
+    mac = hmac.new(public_pem, header + b"." + body_b64, hashlib.sha256).digest()
+    confused = b".".join([header, body_b64, base64.urlsafe_b64encode(mac).rstrip(b"=")]).decode()
+    unknown_kid = jwt.encode(claims, stack.sec.es256_private_key(), algorithm="ES256",
+                             headers={"kid": "no-such-kid"})
+    before = int(stack.sql("select count(*) from workflow.jobs where user_id = %s",
+                           (user.id,))[0][0])
+    for bad in (unsigned, wrong_aud, expired, no_sub, tampered, confused, unknown_kid):
+        response = api.start(bad, body)
+        assert response.status_code == 401, (bad, response.text)
+        assert api.request("GET", "/jobs", bad).status_code == 401
+    assert int(stack.sql("select count(*) from workflow.jobs where user_id = %s",
+                         (user.id,))[0][0]) == before
+
+
+def test_pagination_walks_every_job_once(stack: Stack, api: Api, workflow: str) -> None:
+    user = stack.create_user()
+    started = [start_ok(api, user, workflow)["job_id"] for _ in range(7)]
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        params: dict[str, Any] = {"limit": 3, "workflow_id": workflow}
+        if cursor:
+            params["cursor"] = cursor
+        page = api.request("GET", "/jobs", user.token, params=params).json()
+        seen += [j["job_id"] for j in page["jobs"]]
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == 3
+    assert seen == list(reversed(started)), "not newest first, or a gap or repeat"
+    only_pending = api.request("GET", "/jobs", user.token,
+                               params={"status": "cancelled", "workflow_id": workflow}).json()
+    assert only_pending["jobs"] == []

@@ -1,0 +1,365 @@
+"""Workflow definitions: the pydantic model every stored definition passes, and the
+checks that make a definition safe to run (a DAG of known steps whose inputs only
+read data that exists by the time the step runs).
+
+A definition, as JSON:
+
+    {
+      "input_schema": {"type": "object", "required": ["audio_url"], ...},
+      "retry": {"max_retries": 3},
+      "steps": [
+        {"id": "download", "transformer": "http-download",
+         "inputs": {"url": "$.input.audio_url"}},
+        {"id": "transcribe", "transformer": "gemini-prompt",
+         "inputs": {"file": "$.steps.download.output"}}
+      ],
+      "output": {"transcript": "$.steps.transcribe.output"}
+    }
+
+- `depends_on` omitted means "the step listed before me", so a plain list of
+  steps runs in order; `depends_on: []` makes a root (it runs at once), and an
+  explicit list makes any DAG. Validation fills the default in, so a validated
+  definition always has a list.
+- `output` is a mapping (see `shared.mapping`) that builds the job's
+  `final_result`; when it is absent, `final_result` is the output of the last
+  listed step (`WorkflowDefinition.result_mapping` spells that rule out once).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection
+from heapq import heapify, heappop, heappush
+from typing import Any, Self
+
+from jsonschema import Draft202012Validator, SchemaError
+from jsonschema.exceptions import ValidationError as SchemaValidationError
+from jsonschema.exceptions import best_match
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from shared import mapping
+
+STEP_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+Loc = tuple[str | int, ...]
+
+
+class DefinitionError(ValueError):
+    """A definition that cannot be stored or run; one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class InputError(ValueError):
+    """`input_data` does not fit the workflow; `field` is e.g. `input_data.audio_url`."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+class RetryPolicy(BaseModel):
+    """Exponential backoff: attempt n waits initial_delay_s * multiplier**(n-1),
+    capped at max_delay_s, give or take `jitter` (a fraction of that delay)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    max_retries: int = Field(default=3, ge=0, le=20)
+    initial_delay_s: float = Field(default=1.0, gt=0)
+    max_delay_s: float = Field(default=300.0, gt=0)
+    multiplier: float = Field(default=2.0, ge=1)
+    jitter: float = Field(default=0.2, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _cap_not_below_start(self) -> Self:
+        if self.max_delay_s < self.initial_delay_s:
+            raise ValueError("max_delay_s must not be less than initial_delay_s")
+        return self
+
+
+class Step(BaseModel):
+    """One node of the DAG. `depends_on` is None only before the workflow that
+    holds the step has been validated (see WorkflowDefinition.deps)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    id: str = Field(pattern=STEP_ID_PATTERN)
+    transformer: str = Field(min_length=1, max_length=128)
+    depends_on: list[str] | None = None
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    retry: RetryPolicy | None = None
+    timeout_s: int = Field(default=300, ge=1, le=900)
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs_are_mappings(cls, inputs: dict[str, Any]) -> dict[str, Any]:
+        mapping.validate(inputs)
+        return inputs
+
+
+class WorkflowDefinition(BaseModel):
+    """A validated workflow: unique ids, existing dependencies, no cycles, valid
+    expressions that only read the input and the outputs of ancestor steps."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    steps: list[Step] = Field(min_length=1, max_length=100)
+    output: Any = None
+    input_schema: dict[str, Any] | None = None
+    retry: RetryPolicy | None = None
+
+    @field_validator("output")
+    @classmethod
+    def _output_is_mapping(cls, output: Any) -> Any:
+        mapping.validate(output)
+        return output
+
+    @field_validator("input_schema")
+    @classmethod
+    def _input_schema_is_json_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        if schema is not None:
+            try:
+                Draft202012Validator.check_schema(schema)
+            except SchemaError as exc:
+                raise ValueError(
+                    f"not a valid JSON Schema: {exc.message} (at {exc.json_path})"
+                ) from None
+        return schema
+
+    @model_validator(mode="after")
+    def _check_graph(self) -> Self:
+        # Fill in the default dependency (copies, so a caller's Step objects are untouched).
+        self.steps = [
+            step
+            if step.depends_on is not None
+            else step.model_copy(update={"depends_on": [self.steps[i - 1].id] if i else []})
+            for i, step in enumerate(self.steps)
+        ]
+        problems = _graph_problems(self)
+        if problems:
+            raise DefinitionError(problems)
+        return self
+
+    def result_mapping(self) -> Any:
+        """The mapping that builds `final_result`: `output`, else the whole output
+        of the last listed step."""
+        if self.output is not None:
+            return self.output
+        return f"$.steps.{self.steps[-1].id}.output"
+
+    def step(self, step_id: str) -> Step:
+        """The step with this id (KeyError if there is none)."""
+        for step in self.steps:
+            if step.id == step_id:
+                return step
+        raise KeyError(step_id)
+
+    def deps(self, step: Step | str) -> list[str]:
+        """The ids `step` waits for; never None, whatever the raw definition said."""
+        if isinstance(step, str):
+            step = self.step(step)
+        if step.depends_on is not None:
+            return step.depends_on
+        index = next(i for i, s in enumerate(self.steps) if s.id == step.id)
+        return [self.steps[index - 1].id] if index else []
+
+
+def parse_definition(raw: Any) -> WorkflowDefinition:
+    """Validate a raw (JSON-decoded) definition; DefinitionError lists every problem."""
+    try:
+        return WorkflowDefinition.model_validate(raw)
+    except ValidationError as exc:
+        problems: list[str] = []
+        for error in exc.errors():
+            loc: Loc = tuple(error["loc"])
+            cause = error.get("ctx", {}).get("error")
+            if isinstance(cause, DefinitionError):
+                problems += cause.problems
+            elif isinstance(cause, mapping.MappingError):
+                problems.append(f"{_dotted((*loc, *cause.where))}: {cause.reason}")
+            elif isinstance(cause, ValueError):
+                problems.append(f"{_dotted(loc)}: {cause}")
+            else:
+                problems.append(f"{_dotted(loc)}: {error['msg']}{_got(error)}")
+        raise DefinitionError(problems) from None
+
+
+def check_transformers(defn: WorkflowDefinition, known: Collection[str]) -> None:
+    """Refuse steps whose transformer is not registered (kept apart from the model
+    because the registry lives in the database, not in the definition)."""
+    problems = [
+        f"steps.{i}.transformer: step {step.id!r} uses unknown transformer {step.transformer!r}"
+        f" (known: {', '.join(sorted(known)) or 'none'})"
+        for i, step in enumerate(defn.steps)
+        if step.transformer not in known
+    ]
+    if problems:
+        raise DefinitionError(problems)
+
+
+def validate_input(defn: WorkflowDefinition, input_data: Any) -> None:
+    """Check a job's input before the job exists, naming the failing field."""
+    if not isinstance(input_data, dict):
+        raise InputError(
+            "input_data", f"input_data: must be a JSON object, not {type(input_data).__name__}"
+        )
+    if defn.input_schema is None:
+        return
+    validator = Draft202012Validator(
+        defn.input_schema, format_checker=Draft202012Validator.FORMAT_CHECKER
+    )
+    error = best_match(validator.iter_errors(input_data))
+    if error is None:
+        return
+    path: Loc = ("input_data", *error.absolute_path)
+    reason = error.message
+    missing = _missing_or_extra(error)
+    if missing is not None:
+        path, reason = (*path, missing[0]), missing[1]
+    field = _dotted(path)
+    raise InputError(field, f"{field}: {_truncate(reason, 300)}")
+
+
+def effective_retry(defn: WorkflowDefinition, step: Step | str) -> RetryPolicy:
+    """The step's policy, else the workflow's, else the default (whole policies,
+    not merged field by field, so what a step says is exactly what it gets)."""
+    if isinstance(step, str):
+        step = defn.step(step)
+    if step.retry is not None:
+        return step.retry
+    if defn.retry is not None:
+        return defn.retry
+    return RetryPolicy()
+
+
+def topological_order(defn: WorkflowDefinition) -> list[str]:
+    """Step ids so that every step comes after its dependencies; ties keep the
+    order the steps are listed in, so the order is stable."""
+    order, cycle = _toposort({step.id: defn.deps(step) for step in defn.steps})
+    if cycle:
+        raise DefinitionError([f"steps: dependency cycle {' -> '.join(cycle)}"])
+    return order
+
+
+def _graph_problems(defn: WorkflowDefinition) -> list[str]:
+    """Everything wrong with the DAG, in the order a reader would fix it."""
+    problems: list[str] = []
+    ids = [step.id for step in defn.steps]
+    seen: set[str] = set()
+    for i, step_id in enumerate(ids):
+        if step_id in seen:
+            problems.append(f"steps.{i}.id: duplicate step id {step_id!r}")
+        seen.add(step_id)
+    deps = {step.id: defn.deps(step) for step in defn.steps}
+    for i, step in enumerate(defn.steps):
+        listed: set[str] = set()
+        for dep in defn.deps(step):
+            where = f"steps.{i}.depends_on"
+            if dep == step.id:
+                problems.append(f"{where}: step {step.id!r} depends on itself")
+            elif dep not in seen:
+                problems.append(f"{where}: step {step.id!r} depends on unknown step {dep!r}")
+            elif dep in listed:
+                problems.append(f"{where}: step {step.id!r} lists {dep!r} more than once")
+            listed.add(dep)
+    if problems:
+        return problems  # The checks below need a well-formed graph.
+
+    order, cycle = _toposort(deps)
+    if cycle:
+        return [f"steps: dependency cycle {' -> '.join(cycle)} (each step depends on the next)"]
+
+    ancestors: dict[str, set[str]] = {}
+    for step_id in order:
+        ancestors[step_id] = set(deps[step_id]).union(*(ancestors[d] for d in deps[step_id]))
+    for i, step in enumerate(defn.steps):
+        for ref in sorted(mapping.step_references(step.inputs)):
+            where = f"steps.{i}.inputs"
+            if ref == step.id:
+                problems.append(f"{where}: step {step.id!r} reads its own output")
+            elif ref not in seen:
+                problems.append(f"{where}: step {step.id!r} reads unknown step {ref!r}")
+            elif ref not in ancestors[step.id]:
+                problems.append(
+                    f"{where}: step {step.id!r} reads step {ref!r}, which is not among its"
+                    f" dependencies, so it may not have run yet (add it to depends_on)"
+                )
+    for ref in sorted(mapping.step_references(defn.output)):
+        if ref not in seen:
+            problems.append(f"output: reads unknown step {ref!r}")
+    return problems
+
+
+def _toposort(deps: dict[str, list[str]]) -> tuple[list[str], list[str]]:
+    """Kahn's algorithm with ties broken by listing order. Returns the order and,
+    if some steps could not be ordered, one cycle among them (first id repeated
+    at the end); the cycle is empty when there is none."""
+    ids = list(deps)
+    index = {step_id: i for i, step_id in enumerate(ids)}
+    waiting = {step_id: len(d) for step_id, d in deps.items()}
+    dependents: dict[str, list[str]] = {step_id: [] for step_id in ids}
+    for step_id, d in deps.items():
+        for dep in d:
+            dependents[dep].append(step_id)
+    ready = [index[step_id] for step_id in ids if waiting[step_id] == 0]
+    heapify(ready)
+    order: list[str] = []
+    while ready:
+        step_id = ids[heappop(ready)]
+        order.append(step_id)
+        for later in dependents[step_id]:
+            waiting[later] -= 1
+            if waiting[later] == 0:
+                heappush(ready, index[later])
+    if len(order) == len(ids):
+        return order, []
+    # Every step left over waits for another left-over step; follow those until one repeats.
+    path: list[str] = []
+    position: dict[str, int] = {}
+    step_id = next(s for s in ids if waiting[s] > 0)
+    while step_id not in position:
+        position[step_id] = len(path)
+        path.append(step_id)
+        step_id = next(d for d in deps[step_id] if waiting[d] > 0)
+    return order, [*path[position[step_id] :], step_id]
+
+
+def _missing_or_extra(error: SchemaValidationError) -> tuple[str, str] | None:
+    """For `required` and `additionalProperties` failures jsonschema points at the
+    parent object; name the property itself, which is what the user must fix."""
+    instance, schema = error.instance, error.schema
+    if not isinstance(instance, dict) or not isinstance(schema, dict):
+        return None
+    if error.validator == "required":
+        for name in error.validator_value:
+            if name not in instance:
+                return str(name), "is required"
+    if error.validator == "additionalProperties" and error.validator_value is False:
+        known = schema.get("properties", {})
+        patterns = schema.get("patternProperties", {})
+        for name in instance:
+            if name not in known and not any(re.search(p, name) for p in patterns):
+                return str(name), "is not an allowed property"
+    return None
+
+
+def _dotted(loc: Loc) -> str:
+    """`("steps", 1, "depends_on")` -> `steps.1.depends_on`; the root is `definition`."""
+    return ".".join(str(part) for part in loc) or "definition"
+
+
+def _got(error: Any) -> str:
+    """The offending value, when it is short enough to help rather than flood."""
+    if error["type"] == "missing":
+        return ""
+    value = error.get("input")
+    if isinstance(value, str | int | float | bool) or value is None:
+        return f" (got {_truncate(repr(value), 60)})"
+    return ""
+
+
+def _truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."

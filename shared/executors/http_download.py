@@ -1,0 +1,187 @@
+"""http-download: stream a URL into S3-compatible storage, behind the SSRF guard.
+
+The body goes through a spooled temp file (memory up to 8 MiB, then disk), so a
+large download never sits in memory; size and sha256 are computed on the fly and
+the download stops as soon as it passes the size cap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tempfile
+import time
+import urllib.parse
+from contextlib import closing
+from typing import IO, Any, BinaryIO, cast
+
+import httpx
+from botocore.exceptions import BotoCoreError, ClientError
+
+from shared import netguard, storage
+from shared.executors.base import StepContext, StepError
+
+DEFAULT_KEY_TEMPLATE = "{job_id}/{step_id}/{filename}"
+DEFAULT_MAX_BYTES = 100 * 1024 * 1024
+DEFAULT_TIMEOUT_S = 60.0
+SPOOL_MAX_MEMORY = 8 * 1024 * 1024
+CHUNK_BYTES = 64 * 1024
+
+_PLACEHOLDER = re.compile(r"\{(\w*)\}")
+_UNSAFE_FILENAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def execute(config: dict[str, Any], inputs: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    url = inputs.get("url")
+    if not isinstance(url, str) or not url:
+        raise StepError("input 'url' must be a non-empty string", retryable=False)
+    bucket = config.get("bucket")
+    if not isinstance(bucket, str) or not bucket:
+        raise StepError("config 'bucket' must be a non-empty string", retryable=False)
+    max_bytes = int(config_number(config, "max_bytes", DEFAULT_MAX_BYTES))
+    patterns: list[str] = list(config.get("allowed_content_types") or [])
+    key = render_key(
+        str(config.get("key_template", DEFAULT_KEY_TEMPLATE)),
+        {
+            "job_id": ctx.job_id,
+            "step_id": ctx.step_id,
+            "attempt": str(ctx.attempt),
+            "filename": filename_from_url(url),
+        },
+    )
+    # Never outlive the lease: a later attempt would race this one.
+    timeout_s = min(config_number(config, "timeout_s", DEFAULT_TIMEOUT_S), ctx.remaining_s())
+    if timeout_s <= 0:
+        raise StepError("no time left in the step's budget to download", retryable=True)
+    deadline = time.monotonic() + timeout_s
+
+    with (
+        netguard.guarded_client(timeout_s, config.get("allow_hosts") or ()) as client,
+        tempfile.SpooledTemporaryFile(max_size=SPOOL_MAX_MEMORY) as spool,
+    ):
+        # identity: a compressed body would be inflated in memory before the cap applies.
+        request = client.build_request("GET", url, headers={"Accept-Encoding": "identity"})
+        with closing(netguard.send_checked(client, request)) as response:
+            check_status(response)
+            content_type = response.headers.get("Content-Type", "application/octet-stream").strip()
+            if patterns and not content_type_allowed(content_type, patterns):
+                raise StepError(
+                    f"content type {content_type!r} of {url} is not one of {patterns}",
+                    retryable=False,
+                )
+            declared = response.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > max_bytes:
+                raise StepError(
+                    f"{url} is {declared} bytes, over the {max_bytes}-byte cap", retryable=False
+                )
+            size, sha256 = stream_to(response, spool, max_bytes, deadline)
+        spool.seek(0)
+        store(bucket, key, cast(BinaryIO, spool), content_type)
+
+    return {
+        "bucket": bucket,
+        "key": key,
+        "size": size,
+        "content_type": content_type,
+        "sha256": sha256,
+        "source_url": url,
+    }
+
+
+def config_number(config: dict[str, Any], key: str, default: float) -> float:
+    """A numeric config value; a bad one is the workflow's fault, so not retryable."""
+    try:
+        return float(config.get(key, default))
+    except (TypeError, ValueError) as exc:
+        raise StepError(f"config {key!r} must be a number", retryable=False) from exc
+
+
+def check_status(response: httpx.Response) -> None:
+    """2xx passes; 429 and 5xx may heal on a later attempt; anything else will not."""
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    where = str(response.request.url)
+    if status == 429 or status >= 500:
+        raise StepError(f"GET {where} answered {status}", retryable=True)
+    raise StepError(f"GET {where} answered {status}", retryable=False)
+
+
+def stream_to(
+    response: httpx.Response, out: IO[bytes], max_bytes: int, deadline: float
+) -> tuple[int, str]:
+    """Copy the body to `out`, returning (size, sha256 hex); stops at the cap or deadline."""
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        for chunk in response.iter_bytes(CHUNK_BYTES):
+            size += len(chunk)
+            if size > max_bytes:
+                raise StepError(
+                    f"{response.request.url} exceeds the {max_bytes}-byte cap", retryable=False
+                )
+            if time.monotonic() > deadline:
+                # The read timeout only bounds each read; a trickling server needs this.
+                raise StepError(f"download of {response.request.url} timed out", retryable=True)
+            digest.update(chunk)
+            out.write(chunk)
+    except httpx.DecodingError as exc:
+        raise StepError(
+            f"cannot decode body of {response.request.url}: {exc}", retryable=False
+        ) from exc
+    except httpx.TransportError as exc:
+        raise StepError(
+            f"download of {response.request.url} broke off: {exc!r}", retryable=True
+        ) from exc
+    return size, digest.hexdigest()
+
+
+def store(bucket: str, key: str, body: BinaryIO, content_type: str) -> None:
+    """Upload; storage outages and throttling are retryable, refusals are not."""
+    try:
+        storage.ensure_bucket(bucket)
+        storage.upload(bucket, key, body, content_type)
+    except BotoCoreError as exc:
+        raise StepError(f"storage unavailable: {exc}", retryable=True) from exc
+    except ClientError as exc:
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        retryable = status >= 500 or status == 429 or code in {"SlowDown", "Throttling"}
+        raise StepError(f"storage refused s3://{bucket}/{key}: {exc}", retryable=retryable) from exc
+
+
+def content_type_allowed(content_type: str, patterns: list[str]) -> bool:
+    """Match the media type (parameters ignored) against `type/subtype`, `type/*` or `*/*`."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    major = media.split("/", 1)[0]
+    for pattern in (p.strip().lower() for p in patterns):
+        if pattern in ("*", "*/*", media):
+            return True
+        if pattern.endswith("/*") and pattern[:-2] == major:
+            return True
+    return False
+
+
+def filename_from_url(url: str) -> str:
+    """Last path segment, reduced to characters safe in any object key."""
+    segment = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1])
+    name = _UNSAFE_FILENAME_CHARS.sub("_", segment).lstrip("._")[:128]
+    return name or "download"
+
+
+def render_key(template: str, values: dict[str, str]) -> str:
+    """Substitute `{name}` placeholders; no format specs or attribute access, unlike str.format."""
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in values:
+            raise StepError(
+                f"key_template placeholder {{{name}}} is not one of {sorted(values)}",
+                retryable=False,
+            )
+        return values[name]
+
+    key = _PLACEHOLDER.sub(substitute, template).lstrip("/")
+    if not key:
+        raise StepError("key_template renders to an empty key", retryable=False)
+    return key

@@ -59,7 +59,7 @@ find_python() {
 stamp=.venv/.installed
 if [ ! -x .venv/bin/python ] || [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   py=$(find_python) || { echo "setup: Python 3.12 not found (set PYTHON=/path/to/python3.12)" >&2; exit 1; }
-  echo "setup: creating the venv with $py"
+  echo "setup: installing Python dependencies with $py"
   [ -x .venv/bin/python ] || "$py" -m venv .venv
   .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[executors,dev]'
   touch "$stamp"

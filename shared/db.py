@@ -10,7 +10,7 @@ from functools import cache
 from typing import Any, cast
 
 import httpx
-from postgrest import SyncPostgrestClient
+from postgrest import AsyncPostgrestClient, SyncPostgrestClient
 
 from shared.settings import settings
 
@@ -25,12 +25,23 @@ def _http() -> httpx.Client:
     )
 
 
-def _client(authorization: str | None, apikey: str) -> SyncPostgrestClient:
+def _headers(authorization: str | None, apikey: str) -> dict[str, str]:
     headers = {"apikey": apikey, "Accept-Profile": SCHEMA, "Content-Profile": SCHEMA}
     if authorization:
         headers["Authorization"] = f"Bearer {authorization}"
+    return headers
+
+
+def _service_headers() -> dict[str, str]:
+    """Supabase's `sb_secret_...` keys are not JWTs: they go in apikey only."""
+    key = settings().service_role_key
+    return _headers(None if key.startswith("sb_") else key, key)
+
+
+def _client(authorization: str | None, apikey: str) -> SyncPostgrestClient:
     return SyncPostgrestClient(
-        settings().rest_url, schema=SCHEMA, headers=headers, http_client=_http()
+        settings().rest_url, schema=SCHEMA, headers=_headers(authorization, apikey),
+        http_client=_http(),
     )
 
 
@@ -40,12 +51,17 @@ def as_user(token: str) -> SyncPostgrestClient:
 
 
 def as_service() -> SyncPostgrestClient:
-    """The engine's own access.
+    """The engine's own access, for the executors."""
+    return SyncPostgrestClient(
+        settings().rest_url, schema=SCHEMA, headers=_service_headers(), http_client=_http()
+    )
 
-    Supabase's `sb_secret_...` keys are not JWTs: they go in apikey only.
-    """
-    key = settings().service_role_key
-    return _client(None if key.startswith("sb_") else key, key)
+
+def as_service_async(http: httpx.AsyncClient) -> AsyncPostgrestClient:
+    """The orchestrator's access; `http` lives as long as one orchestrator pass."""
+    return AsyncPostgrestClient(
+        settings().rest_url, schema=SCHEMA, headers=_service_headers(), http_client=http
+    )
 
 
 def rows(data: Any) -> list[dict[str, Any]]:

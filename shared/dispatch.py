@@ -48,3 +48,45 @@ def kick_orchestrator(reason: str, event: dict[str, Any] | None = None) -> None:
         pass  # delivered; we do not wait for the pass to finish
     except httpx.HTTPError as exc:
         logger.warning("orchestrator kick failed", extra={"error": str(exc), "reason": reason})
+
+
+class DispatchError(Exception):
+    """The executor did not answer with an outcome.
+
+    `delivered` False means it certainly did not run the step (connection
+    refused, a 4xx): the orchestrator fails the attempt at once. Otherwise the
+    executor may still be working (timeouts, a gateway's 5xx) and the lease
+    decides: if the executor never reports, recovery retries the step.
+    """
+
+    def __init__(self, message: str, *, delivered: bool, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.delivered = delivered
+        self.retryable = retryable
+
+
+def executor_path(target_function: str) -> str:
+    """`execute-http-download` (the function's name, as in the seed) -> its route."""
+    return f"/internal/executors/{target_function.removeprefix('execute-')}"
+
+
+async def call_executor(
+    http: httpx.AsyncClient, base_url: str, target_function: str, payload: dict[str, Any],
+    timeout_s: float,
+) -> dict[str, Any]:
+    url = f"{base_url}{executor_path(target_function)}"
+    try:
+        response = await http.post(url, json=payload, headers=internal_headers(),
+                                   timeout=httpx.Timeout(timeout_s, connect=5.0))
+    except httpx.ConnectError as exc:
+        raise DispatchError(f"executor unreachable: {exc}", delivered=False) from exc
+    except httpx.HTTPError as exc:
+        raise DispatchError(f"executor did not answer: {exc!r}", delivered=True) from exc
+    if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
+        raise DispatchError(
+            f"executor {target_function} refused the step: HTTP {response.status_code} "
+            f"{response.text[:300]}", delivered=False, retryable=False)
+    if response.status_code >= 400:
+        raise DispatchError(f"executor answered HTTP {response.status_code}", delivered=True)
+    body = response.json()
+    return body if isinstance(body, dict) else {}

@@ -149,6 +149,10 @@ def _v2_response(result: Any) -> Response:
 
 
 def _function_endpoint(route: template.Route) -> Callable[[Request], Any]:
+    # Each function gets its own concurrency, as Lambda scales each separately:
+    # busy orchestrators can never starve the executors they wait on.
+    limiter = anyio.CapacityLimiter(int(os.environ.get("SUPAFLOW_LOCAL_CONCURRENCY", "64")))
+
     async def endpoint(request: Request) -> Response:
         body = await request.body()
         if len(body) > API_GATEWAY_MAX_BODY:
@@ -161,7 +165,7 @@ def _function_endpoint(route: template.Route) -> Callable[[Request], Any]:
 
         try:
             with anyio.CancelScope(shield=True):
-                result = await anyio.to_thread.run_sync(invoke)
+                result = await anyio.to_thread.run_sync(invoke, limiter=limiter)
         except Exception:
             # A Lambda that raises gives API Gateway's bare 500, never the trace.
             log.exception("function %s raised", route.function)
@@ -206,13 +210,10 @@ def build_app(cfg: StackConfig) -> Starlette:
     for route in template.routes():
         routes.append(StarletteRoute(route.path, _function_endpoint(route), methods=[route.method]))
 
-    async def on_startup() -> None:
-        anyio.to_thread.current_default_thread_limiter().total_tokens = 200
-
     async def on_shutdown() -> None:
         await rest.aclose()
 
-    return Starlette(routes=routes, on_startup=[on_startup], on_shutdown=[on_shutdown])
+    return Starlette(routes=routes, on_shutdown=[on_shutdown])
 
 
 def main() -> None:

@@ -1,0 +1,18 @@
+"""POST /internal/executors/gemini-prompt: run one step of a `gemini_prompt` transformer."""
+
+from __future__ import annotations
+
+from aws_lambda_powertools.event_handler import Response
+
+from shared import api
+from shared.executors import gemini_prompt, runtime
+
+app = api.create_app()
+
+
+@app.post("/internal/executors/gemini-prompt")
+def run_step() -> Response[str]:
+    return runtime.handle(app, gemini_prompt.execute)
+
+
+handler = api.handler_for(app)

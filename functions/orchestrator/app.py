@@ -1,0 +1,55 @@
+"""POST /internal/orchestrator: one pass of recovery, claiming and dispatch.
+
+Called by pg_cron (through pg_net), by start-workflow's kick, or by anyone
+holding the internal credential. Any number may run at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from aws_lambda_powertools.event_handler import Response
+
+from shared import api, auth, orchestrator
+from shared.dispatch import functions_url
+
+app = api.create_app()
+
+# Leave this much of the function's timeout for the last answers to arrive.
+MARGIN_S = 15.0
+
+
+def _budget_s(context: Any) -> float:
+    configured = float(os.environ.get("SUPAFLOW_ORCHESTRATOR_BUDGET_S", "60"))
+    if context is not None and hasattr(context, "get_remaining_time_in_millis"):
+        return max(1.0, min(configured, context.get_remaining_time_in_millis() / 1000 - MARGIN_S))
+    return configured
+
+
+def _run_pass(event: dict[str, Any], context: Any) -> dict[str, int]:
+    summary = asyncio.run(orchestrator.run_pass(
+        functions_url(event), _budget_s(context),
+        concurrency=int(os.environ.get("SUPAFLOW_ORCHESTRATOR_CONCURRENCY", "32")),
+        batch=int(os.environ.get("SUPAFLOW_ORCHESTRATOR_BATCH", "16")),
+    ))
+    api.logger.info("orchestrator pass", extra=summary.as_dict())
+    return summary.as_dict()
+
+
+@app.post("/internal/orchestrator")
+def orchestrate() -> Response[str]:
+    auth.verify_internal(api.headers(app))
+    api.raw_body(app)  # size-checked; the body (a reason) is informational only
+    return api.json_response(200, _run_pass(app.current_event.raw_event, app.lambda_context))
+
+
+_http_handler = api.handler_for(app)
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """HTTP calls (pg_cron, kicks) go through the API; an EventBridge schedule calls directly."""
+    if event.get("source") == "aws.events":
+        return _run_pass({}, context)
+    return _http_handler(event, context)

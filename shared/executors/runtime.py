@@ -1,0 +1,100 @@
+"""The glue every executor function shares: check the caller, run the step, record the outcome.
+
+The executor records the outcome itself, with the lease token, so a result is
+written once, by the holder of the current lease, even if the orchestrator
+that dispatched it has gone.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from postgrest.exceptions import APIError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared import api, auth, db, state
+from shared.errors import ApiError, bad_request
+from shared.executors.base import StepContext, StepError
+
+Execute = Callable[[dict[str, Any], Any, StepContext], Any]
+RECORD_RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0)
+
+
+class TransformerRef(BaseModel):
+    id: str
+    type: str
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class StepRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    job_id: uuid.UUID
+    step_id: str
+    attempt: int = Field(ge=1)
+    lease_token: uuid.UUID
+    timeout_s: int = Field(ge=1, le=900)
+    transformer: TransformerRef
+    inputs: Any = None
+
+
+def _record(call: Callable[[], dict[str, Any]], keys: dict[str, Any]) -> dict[str, Any]:
+    """Retry the recording RPC through a PostgREST or Postgres restart."""
+    for delay in (*RECORD_RETRY_DELAYS_S, None):
+        try:
+            return call()
+        except (APIError, httpx.HTTPError) as exc:
+            if delay is None:
+                raise ApiError(503, "record_failed", "could not record the outcome") from exc
+            api.logger.warning("recording the outcome failed; retrying",
+                               extra={**keys, "error": str(exc)})
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _outcome(recorded: dict[str, Any]) -> str:
+    if not recorded.get("accepted"):
+        return "stale"
+    if recorded.get("retry_at"):
+        return "retry_scheduled"
+    if recorded.get("job_failed"):
+        return "failed"
+    return "completed"
+
+
+def handle(app: APIGatewayHttpResolver, execute: Execute) -> Response[str]:
+    auth.verify_internal(api.headers(app))
+    try:
+        req = StepRequest.model_validate(api.json_object(app))
+    except ValidationError as exc:
+        raise bad_request(f"invalid step request: {exc.errors()[0]['msg']}") from exc
+    ctx = StepContext(job_id=str(req.job_id), step_id=req.step_id, attempt=req.attempt,
+                      transformer_id=req.transformer.id, timeout_s=req.timeout_s)
+    keys = ctx.log_keys()
+    client = db.as_service()
+    args = (str(req.job_id), req.step_id, str(req.lease_token))
+    api.logger.info("step started", extra={**keys, "transformer": req.transformer.id})
+    try:
+        output = execute(req.transformer.config, req.inputs, ctx)
+        json.dumps(output)  # the output must be JSON to be stored
+    except StepError as exc:
+        api.logger.warning("step failed", extra={**keys, "error": exc.message,
+                                                  "retryable": exc.retryable})
+        recorded = _record(lambda: state.fail(client, *args, exc.message, exc.retryable), keys)
+    except Exception as exc:
+        api.logger.exception("step raised", extra=keys)
+        message = f"{type(exc).__name__}: {exc}"
+        recorded = _record(lambda: state.fail(client, *args, message, True), keys)
+    else:
+        recorded = _record(lambda: state.complete(client, *args, output), keys)
+    outcome = _outcome(recorded)
+    api.logger.info("step recorded", extra={**keys, "outcome": outcome,
+                                            "duration_ms": int((ctx.timeout_s - ctx.remaining_s()) * 1000)})
+    return api.json_response(200, {"outcome": outcome,
+                                   "finishable": bool(recorded.get("finishable"))})

@@ -1,0 +1,114 @@
+"""The state machine's RPCs (SQL functions in supabase/migrations), each named once here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from postgrest import AsyncPostgrestClient, SyncPostgrestClient
+
+from shared import db, mapping
+
+
+@dataclass(frozen=True)
+class ClaimedStep:
+    """One leased attempt, with what the orchestrator needs to resolve its inputs."""
+
+    job_id: str
+    step_id: str
+    attempt: int
+    lease_token: str
+    timeout_s: int
+    inputs: Any
+    input_data: dict[str, Any]
+    step_data: dict[str, Any]
+    transformer_id: str
+    transformer_type: str | None
+    transformer_config: dict[str, Any]
+    target_function: str | None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> ClaimedStep:
+        return cls(
+            job_id=row["job_id"], step_id=row["step_id"], attempt=row["attempt"],
+            lease_token=row["lease_token"], timeout_s=row["timeout_s"], inputs=row["inputs"],
+            input_data=row["input_data"] or {}, step_data=row["step_data"] or {},
+            transformer_id=row["transformer_id"], transformer_type=row["transformer_type"],
+            transformer_config=row["transformer_config"] or {},
+            target_function=row["target_function"],
+        )
+
+    def log_keys(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "step_id": self.step_id, "attempt": self.attempt}
+
+
+def mapping_context(input_data: Any, step_data: dict[str, Any]) -> dict[str, Any]:
+    """What `$.input...` and `$.steps.<id>.output...` expressions read."""
+    return {"input": input_data, "steps": {k: {"output": v} for k, v in step_data.items()}}
+
+
+def final_result(job: dict[str, Any]) -> Any:
+    """The workflow's output mapping, else the last listed step's output."""
+    output = job["output_mapping"]
+    if output is None:
+        output = f"$.steps.{job['last_step_id']}.output"
+    return mapping.resolve(output, mapping_context(job["input_data"], job["step_data"] or {}))
+
+
+# Executors (synchronous) --------------------------------------------------------
+
+def complete(client: SyncPostgrestClient, job_id: str, step_id: str, lease_token: str,
+             output: Any) -> dict[str, Any]:
+    params = {"p_job_id": job_id, "p_step_id": step_id, "p_lease_token": lease_token,
+              "p_output": output}
+    return db.obj(client.rpc("complete_step", params).execute().data)
+
+
+def fail(client: SyncPostgrestClient, job_id: str, step_id: str, lease_token: str,
+         error: str, retryable: bool) -> dict[str, Any]:
+    return db.obj(client.rpc("fail_step", _fail_params(
+        job_id, step_id, lease_token, error, retryable)).execute().data)
+
+
+def _fail_params(job_id: str, step_id: str, lease_token: str, error: str,
+                 retryable: bool) -> dict[str, Any]:
+    return {"p_job_id": job_id, "p_step_id": step_id, "p_lease_token": lease_token,
+            "p_error": error, "p_retryable": retryable}
+
+
+# The orchestrator (asynchronous) -------------------------------------------------
+
+async def claim(client: AsyncPostgrestClient, limit: int) -> list[ClaimedStep]:
+    response = await client.rpc("claim_steps", {"p_limit": limit}).execute()
+    return [ClaimedStep.from_row(r) for r in db.rows(response.data)]
+
+
+async def recover_expired(client: AsyncPostgrestClient, limit: int = 100) -> int:
+    response = await client.rpc("recover_expired_leases", {"p_limit": limit}).execute()
+    return int(response.data or 0)
+
+
+async def fail_async(client: AsyncPostgrestClient, step: ClaimedStep, error: str,
+                     retryable: bool) -> dict[str, Any]:
+    params = _fail_params(step.job_id, step.step_id, step.lease_token, error, retryable)
+    return db.obj((await client.rpc("fail_step", params).execute()).data)
+
+
+async def finishable(client: AsyncPostgrestClient, limit: int = 50,
+                     job_id: str | None = None) -> list[dict[str, Any]]:
+    response = await client.rpc("finishable_jobs", {"p_limit": limit, "p_job_id": job_id}).execute()
+    return db.rows(response.data)
+
+
+async def finish(client: AsyncPostgrestClient, job_id: str, result: Any) -> dict[str, Any]:
+    params = {"p_job_id": job_id, "p_final_result": result}
+    return db.obj((await client.rpc("finish_job", params).execute()).data)
+
+
+async def fail_job(client: AsyncPostgrestClient, job_id: str, message: str) -> None:
+    await client.rpc("fail_job", {"p_job_id": job_id, "p_message": message}).execute()
+
+
+async def next_due_in(client: AsyncPostgrestClient) -> float | None:
+    response = await client.rpc("next_due_in", {}).execute()
+    return None if response.data is None else float(response.data)  # type: ignore[arg-type]

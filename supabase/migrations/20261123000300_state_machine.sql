@@ -1,0 +1,393 @@
+-- The state machine. Each function is one transaction called over RPC by the
+-- service role. Lock order everywhere: the job row first, then its step rows,
+-- so concurrent orchestrators and executors never deadlock.
+
+-- Moves a job to a new status (caller holds the job's row lock) and records it.
+create or replace function workflow.transition_job(
+  p_job_id uuid, p_to text, p_detail jsonb default '{}'::jsonb
+) returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_from text;
+begin
+  select status into v_from from workflow.jobs where id = p_job_id;
+  if v_from is not distinct from p_to then
+    return;
+  end if;
+  update workflow.jobs set
+    status = p_to,
+    started_at = case when p_to = 'running' then coalesce(started_at, now()) else started_at end,
+    completed_at = case when p_to in ('completed', 'failed', 'cancelled') then now() end,
+    next_retry_at = case when p_to = 'awaiting_retry' then next_retry_at end,
+    state_history = state_history || jsonb_build_array(
+      jsonb_build_object('status', p_to, 'at', now()) || coalesce(p_detail, '{}'::jsonb))
+  where id = p_job_id;
+  perform workflow.append_event(p_job_id, 'job_' || p_to, p_from_status => v_from,
+                                p_to_status => p_to, p_detail => p_detail);
+end
+$$;
+
+-- After a step changes: running while anything runs or is due, awaiting_retry
+-- while the only work left waits for a retry time.
+create or replace function workflow.refresh_job_status(p_job_id uuid) returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_status text;
+  v_next timestamptz;
+begin
+  select status into v_status from workflow.jobs where id = p_job_id;
+  if v_status in ('completed', 'failed', 'cancelled') then
+    return;
+  end if;
+  if exists (select 1 from workflow.job_steps
+             where job_id = p_job_id
+               and (status = 'running' or (status = 'ready' and next_attempt_at <= now()))) then
+    if v_status <> 'pending' then
+      perform workflow.transition_job(p_job_id, 'running');
+    end if;
+    return;
+  end if;
+  select min(next_attempt_at) into v_next from workflow.job_steps
+  where job_id = p_job_id and status = 'ready';
+  if v_next is not null then
+    update workflow.jobs set next_retry_at = v_next where id = p_job_id;
+    perform workflow.transition_job(p_job_id, 'awaiting_retry',
+                                    jsonb_build_object('next_retry_at', v_next));
+  end if;
+end
+$$;
+
+-- Claim up to p_limit runnable steps: ready, due, and not leased. Jobs are
+-- locked first (SKIP LOCKED), then their steps, so claims never wait.
+create or replace function workflow.claim_steps(p_limit integer default 10)
+returns table (
+  job_id uuid, step_id text, attempt integer, lease_token uuid, lease_expires_at timestamptz,
+  timeout_s integer, inputs jsonb, input_data jsonb, step_data jsonb,
+  transformer_id text, transformer_type text, transformer_config jsonb, target_function text
+)
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_ids bigint[];
+  r record;
+begin
+  with candidates as (
+    select s.id, s.job_id from workflow.job_steps s
+    where s.status = 'ready' and s.next_attempt_at <= now()
+    order by s.next_attempt_at, s.id
+    limit greatest(p_limit, 1) * 2
+  ), locked_jobs as (
+    select j.id from workflow.jobs j
+    where j.id = any(array(select c.job_id from candidates c))
+      and j.status in ('pending', 'running', 'awaiting_retry')
+    order by j.id
+    for update skip locked
+  ), locked_steps as (
+    select s.id from workflow.job_steps s
+    where s.id = any(array(select c.id from candidates c))
+      and s.job_id = any(array(select l.id from locked_jobs l))
+      and s.status = 'ready' and s.next_attempt_at <= now()
+    order by s.next_attempt_at, s.id
+    limit greatest(p_limit, 1)
+    for update skip locked
+  )
+  select array_agg(id) into v_ids from locked_steps;
+  if v_ids is null then
+    return;
+  end if;
+
+  for r in
+    update workflow.job_steps s set
+      status = 'running',
+      attempt = s.attempt + 1,
+      lease_token = gen_random_uuid(),
+      lease_expires_at = now() + make_interval(
+        secs => coalesce((s.definition ->> 'timeout_s')::integer, 300) + 15),
+      started_at = now(),
+      completed_at = null
+    where s.id = any(v_ids)
+    returning s.job_id, s.step_id, s.attempt, s.lease_expires_at
+  loop
+    update workflow.jobs set current_step_id = r.step_id where id = r.job_id;
+    perform workflow.append_event(r.job_id, 'step_started', r.step_id, r.attempt, 'ready',
+                                  'running',
+                                  jsonb_build_object('lease_expires_at', r.lease_expires_at));
+    perform workflow.transition_job(r.job_id, 'running');
+  end loop;
+
+  return query
+    select s.job_id, s.step_id, s.attempt, s.lease_token, s.lease_expires_at,
+           coalesce((s.definition ->> 'timeout_s')::integer, 300),
+           coalesce(s.definition -> 'inputs', '{}'::jsonb),
+           j.input_data, j.step_data,
+           s.transformer_id, t.type, t.config, t.target_function
+    from workflow.job_steps s
+    join workflow.jobs j on j.id = s.job_id
+    left join workflow.transformers t on t.id = s.transformer_id
+    where s.id = any(v_ids);
+end
+$$;
+
+-- Locks the job, then the step, and checks the caller holds the current lease.
+-- Returns the step when it does, null when the lease is stale.
+create or replace function workflow.lock_leased_step(
+  p_job_id uuid, p_step_id text, p_lease_token uuid
+) returns workflow.job_steps
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_step workflow.job_steps;
+begin
+  perform 1 from workflow.jobs where id = p_job_id for update;
+  select * into v_step from workflow.job_steps
+  where job_id = p_job_id and step_id = p_step_id
+  for update;
+  if not found or v_step.status <> 'running' or v_step.lease_token is distinct from p_lease_token then
+    return null;
+  end if;
+  return v_step;
+end
+$$;
+
+-- Complete a step: record its output once, make dependents ready. When every
+-- step is complete the job stays `running` with `finishable` true until
+-- finish_job stores final_result (built in Python from the output mapping).
+create or replace function workflow.complete_step(
+  p_job_id uuid, p_step_id text, p_lease_token uuid, p_output jsonb
+) returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_step workflow.job_steps;
+  v_ready text[];
+begin
+  v_step := workflow.lock_leased_step(p_job_id, p_step_id, p_lease_token);
+  if v_step.id is null then
+    return jsonb_build_object('accepted', false, 'reason', 'stale lease');
+  end if;
+  update workflow.job_steps set
+    status = 'completed', output = coalesce(p_output, 'null'::jsonb), error = null,
+    completed_at = now(), lease_token = null, lease_expires_at = null
+  where id = v_step.id;
+  update workflow.jobs set
+    step_data = step_data || jsonb_build_object(p_step_id, coalesce(p_output, 'null'::jsonb))
+  where id = p_job_id;
+  perform workflow.append_event(p_job_id, 'step_completed', p_step_id, v_step.attempt,
+                                'running', 'completed');
+
+  with ready as (
+    update workflow.job_steps d set status = 'ready', next_attempt_at = now()
+    where d.job_id = p_job_id and d.status = 'waiting' and p_step_id = any(d.depends_on)
+      and not exists (
+        select 1 from workflow.job_steps u
+        where u.job_id = p_job_id and u.step_id = any(d.depends_on) and u.status <> 'completed')
+    returning d.step_id
+  )
+  select coalesce(array_agg(step_id), '{}') into v_ready from ready;
+  if cardinality(v_ready) > 0 then
+    perform workflow.append_event(p_job_id, 'steps_ready',
+                                  p_detail => jsonb_build_object('steps', to_jsonb(v_ready)));
+  end if;
+  perform workflow.refresh_job_status(p_job_id);
+  return jsonb_build_object(
+    'accepted', true,
+    'ready_steps', to_jsonb(v_ready),
+    'finishable', not exists (select 1 from workflow.job_steps
+                              where job_id = p_job_id and status <> 'completed'));
+end
+$$;
+
+-- The delay before attempt n+1: exponential, capped, with +-jitter.
+create or replace function workflow.retry_delay(p_retry jsonb, p_attempt integer)
+returns interval
+language sql
+volatile
+set search_path = ''
+as $$
+  select make_interval(secs => greatest(0.05,
+    least(coalesce((p_retry ->> 'max_delay_s')::float8, 300),
+          coalesce((p_retry ->> 'initial_delay_s')::float8, 1)
+          * power(coalesce((p_retry ->> 'multiplier')::float8, 2), greatest(p_attempt - 1, 0)))
+    * (1 + coalesce((p_retry ->> 'jitter')::float8, 0.2) * (2 * random() - 1))))
+$$;
+
+-- Fail a job: cancel its unfinished steps, record why.
+create or replace function workflow.fail_job(p_job_id uuid, p_message text) returns void
+language plpgsql
+set search_path = ''
+as $$
+begin
+  perform 1 from workflow.jobs where id = p_job_id for update;
+  update workflow.job_steps set status = 'cancelled', lease_token = null,
+    lease_expires_at = null, completed_at = now()
+  where job_id = p_job_id and status in ('waiting', 'ready', 'running');
+  update workflow.jobs set error_message = p_message, current_step_id = current_step_id
+  where id = p_job_id;
+  perform workflow.transition_job(p_job_id, 'failed', jsonb_build_object('error', p_message));
+end
+$$;
+
+-- Fail one attempt: retry with backoff while attempts remain and the error is
+-- retryable; otherwise fail the job.
+create or replace function workflow.fail_step(
+  p_job_id uuid, p_step_id text, p_lease_token uuid, p_error text, p_retryable boolean
+) returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_step workflow.job_steps;
+  v_at timestamptz;
+  v_error text := left(coalesce(p_error, 'unknown error'), 4000);
+begin
+  v_step := workflow.lock_leased_step(p_job_id, p_step_id, p_lease_token);
+  if v_step.id is null then
+    return jsonb_build_object('accepted', false, 'reason', 'stale lease');
+  end if;
+  if p_retryable and v_step.attempt < v_step.max_attempts then
+    v_at := now() + workflow.retry_delay(v_step.definition -> 'retry', v_step.attempt);
+    update workflow.job_steps set status = 'ready', next_attempt_at = v_at, error = v_error,
+      lease_token = null, lease_expires_at = null
+    where id = v_step.id;
+    update workflow.jobs set retry_count = retry_count + 1, next_retry_at = v_at
+    where id = p_job_id;
+    perform workflow.append_event(p_job_id, 'step_retry_scheduled', p_step_id, v_step.attempt,
+      'running', 'ready', jsonb_build_object('error', v_error, 'next_attempt_at', v_at));
+    perform workflow.refresh_job_status(p_job_id);
+    return jsonb_build_object('accepted', true, 'retry_at', v_at);
+  end if;
+  update workflow.job_steps set status = 'failed', error = v_error, completed_at = now(),
+    lease_token = null, lease_expires_at = null
+  where id = v_step.id;
+  perform workflow.append_event(p_job_id, 'step_failed', p_step_id, v_step.attempt,
+    'running', 'failed', jsonb_build_object('error', v_error, 'retryable', p_retryable));
+  perform workflow.fail_job(p_job_id, format('step %s failed (attempt %s of %s): %s',
+    p_step_id, v_step.attempt, v_step.max_attempts, v_error));
+  return jsonb_build_object('accepted', true, 'job_failed', true);
+end
+$$;
+
+-- Expired leases become failed, retryable attempts: a dead executor or
+-- orchestrator loses nothing.
+create or replace function workflow.recover_expired_leases(p_limit integer default 100)
+returns integer
+language plpgsql
+set search_path = ''
+as $$
+declare
+  r record;
+  v_count integer := 0;
+begin
+  for r in
+    select s.job_id, s.step_id, s.lease_token from workflow.job_steps s
+    where s.status = 'running' and s.lease_expires_at < now()
+    order by s.lease_expires_at
+    limit p_limit
+  loop
+    perform 1 from workflow.jobs where id = r.job_id for update skip locked;
+    if found and (workflow.fail_step(r.job_id, r.step_id, r.lease_token,
+        'lease expired: the executor did not report in time', true) ->> 'accepted')::boolean then
+      v_count := v_count + 1;
+    end if;
+  end loop;
+  return v_count;
+end
+$$;
+
+-- Jobs whose steps are all complete but whose final result is not stored yet
+-- (the orchestrator that saw the last step died before finishing it).
+create or replace function workflow.finishable_jobs(
+  p_limit integer default 50, p_job_id uuid default null
+)
+returns table (job_id uuid, input_data jsonb, step_data jsonb, output_mapping jsonb,
+               last_step_id text)
+language sql
+stable
+set search_path = ''
+as $$
+  select j.id, j.input_data, j.step_data, v.definition -> 'output',
+         v.definition -> 'steps' -> -1 ->> 'id'
+  from workflow.jobs j
+  join workflow.workflow_versions v
+    on v.workflow_id = j.workflow_id and v.version = j.workflow_version
+  where j.status = 'running'
+    and (p_job_id is null or j.id = p_job_id)
+    and not exists (select 1 from workflow.job_steps s
+                    where s.job_id = j.id and s.status <> 'completed')
+  limit p_limit
+$$;
+
+create or replace function workflow.finish_job(p_job_id uuid, p_final_result jsonb)
+returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_status text;
+begin
+  select status into v_status from workflow.jobs where id = p_job_id for update;
+  if v_status is distinct from 'running' or exists (
+      select 1 from workflow.job_steps where job_id = p_job_id and status <> 'completed') then
+    return jsonb_build_object('accepted', false, 'status', v_status);
+  end if;
+  update workflow.jobs set final_result = p_final_result, current_step_id = null,
+    next_retry_at = null
+  where id = p_job_id;
+  perform workflow.transition_job(p_job_id, 'completed');
+  return jsonb_build_object('accepted', true);
+end
+$$;
+
+create or replace function workflow.cancel_job(p_job_id uuid) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_job workflow.jobs;
+begin
+  select * into v_job from workflow.jobs where id = p_job_id for update;
+  -- Users may cancel their own jobs; the service role any job.
+  if not found or (coalesce(auth.role(), '') <> 'service_role'
+                   and v_job.user_id is distinct from auth.uid()) then
+    raise sqlstate 'PT404' using message = 'job not found';
+  end if;
+  if v_job.status in ('completed', 'failed', 'cancelled') then
+    return jsonb_build_object('cancelled', false, 'status', v_job.status);
+  end if;
+  update workflow.job_steps set status = 'cancelled', lease_token = null,
+    lease_expires_at = null, completed_at = now()
+  where job_id = p_job_id and status in ('waiting', 'ready', 'running');
+  perform workflow.transition_job(p_job_id, 'cancelled');
+  return jsonb_build_object('cancelled', true, 'status', 'cancelled');
+end
+$$;
+
+-- Seconds until the next retry is due: lets an orchestrator with time left wait
+-- for it instead of leaving it to the next cron tick.
+create or replace function workflow.next_due_in() returns float8
+language sql
+stable
+set search_path = ''
+as $$
+  select greatest(0, extract(epoch from min(next_attempt_at) - now()))::float8
+  from workflow.job_steps where status = 'ready'
+$$;
+
+revoke execute on all functions in schema workflow from public, anon, authenticated;
+grant execute on function workflow.start_job(text, integer, jsonb, text) to authenticated;
+grant execute on function workflow.cancel_job(uuid) to authenticated;
+grant execute on all functions in schema workflow to service_role;
+
+-- The built-in no-I/O transformer: reshapes data with the mapping language.
+insert into workflow.transformers (id, type, description, config, target_function)
+values ('transform', 'transform', 'Builds its output from its inputs; no I/O.', '{}',
+        'execute-transform')
+on conflict (id) do nothing;

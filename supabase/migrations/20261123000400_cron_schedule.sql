@@ -1,0 +1,35 @@
+-- pg_cron calls the orchestrator every minute: the safety net that picks up
+-- retries and recovers expired leases when no start-workflow kick arrives.
+-- The URL and credential come from Vault, under these names:
+--   supaflow_orchestrator_url  e.g. https://<api-id>.execute-api.<region>.amazonaws.com/internal/orchestrator
+--   supaflow_internal_token    the InternalToken parameter of template.yaml
+-- On hosted Supabase this uses pg_net and Vault as they are.
+
+do $$
+begin
+  if exists (select 1 from pg_available_extensions where name = 'pg_net') then
+    create extension if not exists pg_net;
+  end if;
+end
+$$;
+create extension if not exists pg_cron;
+
+create or replace function workflow.call_orchestrator() returns bigint
+language sql
+security definer
+set search_path = ''
+as $$
+  select net.http_post(
+    url := (select decrypted_secret from vault.decrypted_secrets
+            where name = 'supaflow_orchestrator_url'),
+    body := '{"reason": "cron"}'::jsonb,
+    headers := jsonb_build_object(
+      'Content-Type', 'application/json',
+      'Authorization', 'Bearer ' || (select decrypted_secret from vault.decrypted_secrets
+                                     where name = 'supaflow_internal_token')),
+    timeout_milliseconds := 2000)
+$$;
+revoke execute on function workflow.call_orchestrator() from public, anon, authenticated;
+
+select cron.schedule('supaflow-orchestrator', '* * * * *',
+                     'select workflow.call_orchestrator()');

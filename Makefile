@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: setup up down dev env status test lint bench example
+.PHONY: setup up down dev env status test lint bench example build-SharedLayer
 
 setup:
 	@scripts/setup.sh
@@ -35,3 +35,7 @@ build-SharedLayer:
 	mkdir -p "$(ARTIFACTS_DIR)/python"
 	cp -r shared "$(ARTIFACTS_DIR)/python/"
 	python3 -m pip install --quiet --target "$(ARTIFACTS_DIR)/python" ".[executors]"
+
+# The audio transcription example, end to end on the local stack.
+example: up
+	@$(PY) -m stack.demo

@@ -26,6 +26,7 @@ class StackConfig:
     db_port: int
     rest_port: int
     s3_port: int
+    gemini_port: int
     host: str = "127.0.0.1"
 
     @classmethod
@@ -37,6 +38,7 @@ class StackConfig:
             db_port=_port("SUPAFLOW_DB_PORT", 54322),
             rest_port=_port("SUPAFLOW_REST_PORT", 54323),
             s3_port=_port("SUPAFLOW_S3_PORT", 54324),
+            gemini_port=_port("SUPAFLOW_GEMINI_PORT", 54325),
         )
 
     @property
@@ -75,10 +77,15 @@ class StackConfig:
     def s3_url(self) -> str:
         return f"http://{self.host}:{self.s3_port}"
 
+    @property
+    def gemini_url(self) -> str:
+        return f"http://{self.host}:{self.gemini_port}"
+
     def ports(self) -> dict[str, int]:
         return {
             "SUPAFLOW_API_PORT": self.api_port,
             "SUPAFLOW_DB_PORT": self.db_port,
             "SUPAFLOW_REST_PORT": self.rest_port,
             "SUPAFLOW_S3_PORT": self.s3_port,
+            "SUPAFLOW_GEMINI_PORT": self.gemini_port,
         }

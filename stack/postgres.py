@@ -10,6 +10,7 @@ from pathlib import Path
 import psycopg
 
 from stack.config import REPO, StackConfig
+from stack.examples import load_examples
 from stack.secrets import StackSecrets
 
 PG_BIN = Path(os.environ.get("SUPAFLOW_PG_BIN", "/usr/lib/postgresql/15/bin"))
@@ -137,6 +138,7 @@ def bootstrap(cfg: StackConfig, sec: StackSecrets) -> list[str]:
         )
         applied = apply_migrations(conn)
         store_vault_secrets(conn, cfg, sec)
+        load_examples(conn)
         conn.execute("notify pgrst, 'reload schema'")
     return applied
 

@@ -33,6 +33,7 @@ class StackSecrets:
     internal_token: str
     db_password: str
     authenticator_password: str
+    webhook_secret: str
 
     def es256_private_key(self) -> ec.EllipticCurvePrivateKey:
         key = serialization.load_pem_private_key(self.es256_private_pem.encode(), password=None)
@@ -78,14 +79,18 @@ def generate() -> StackSecrets:
         internal_token=secrets.token_urlsafe(32),
         db_password=secrets.token_urlsafe(24),
         authenticator_password=secrets.token_urlsafe(24),
+        webhook_secret=secrets.token_urlsafe(32),
     )
 
 
 def load_or_create(path: Path) -> StackSecrets:
-    if path.exists():
-        return StackSecrets(**json.loads(path.read_text()))
+    """Keys survive restarts; a key added by a newer version is generated once."""
+    stored = json.loads(path.read_text()) if path.exists() else {}
+    fresh = generate().__dict__
+    if stored and set(fresh) <= set(stored):
+        return StackSecrets(**{k: stored[k] for k in fresh})
     path.parent.mkdir(parents=True, exist_ok=True)
-    created = generate()
+    created = StackSecrets(**{**fresh, **{k: v for k, v in stored.items() if k in fresh}})
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
@@ -97,4 +102,4 @@ def load_or_create(path: Path) -> StackSecrets:
 def load(path: Path) -> StackSecrets:
     if not path.exists():
         raise SystemExit(f"no local keys at {path}: start the stack first (make up)")
-    return StackSecrets(**json.loads(path.read_text()))
+    return load_or_create(path)

@@ -101,6 +101,11 @@ def children(cfg: StackConfig, sec: StackSecrets) -> list[Child]:
             [sys.executable, "-m", "moto.server", "-H", cfg.host, "-p", str(cfg.s3_port)],
             f"{cfg.s3_url}/",
         ),
+        Child(
+            "gemini",
+            [sys.executable, "-m", "stack.fake_gemini", "--port", str(cfg.gemini_port)],
+            f"{cfg.gemini_url}/_control/requests",
+        ),
         Child("gateway", [sys.executable, "-m", "stack.gateway"], f"{cfg.api_url}/health", stack_env),
     ]
 

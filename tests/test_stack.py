@@ -48,6 +48,7 @@ def second_stack_env() -> Iterator[dict[str, str]]:
         "SUPAFLOW_DB_PORT": str(_free_port()),
         "SUPAFLOW_REST_PORT": str(_free_port()),
         "SUPAFLOW_S3_PORT": str(_free_port()),
+        "SUPAFLOW_GEMINI_PORT": str(_free_port()),
     }
     yield env
     subprocess.run([sys.executable, "-m", "stack", "down"], env=env, cwd=REPO,
@@ -128,7 +129,8 @@ def test_fresh_stack_restarts_without_reapplying_or_losing_data(
     while time.monotonic() < deadline and any(_alive(p) for p in pids):
         time.sleep(0.1)
     assert not [p for p in pids if _alive(p)], "stack processes survived make down"
-    for name in ("SUPAFLOW_API_PORT", "SUPAFLOW_DB_PORT", "SUPAFLOW_REST_PORT", "SUPAFLOW_S3_PORT"):
+    for name in ("SUPAFLOW_API_PORT", "SUPAFLOW_DB_PORT", "SUPAFLOW_REST_PORT", "SUPAFLOW_S3_PORT",
+                 "SUPAFLOW_GEMINI_PORT"):
         assert not supervisor.port_in_use("127.0.0.1", int(env[name])), f"{name} still bound"
 
 

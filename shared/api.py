@@ -33,8 +33,15 @@ def error_response(err: ApiError) -> Response[str]:
     return json_response(err.status, body, err.headers)
 
 
-def create_app() -> APIGatewayHttpResolver:
+Routes = Callable[[APIGatewayHttpResolver], None]
+
+
+def create_app(routes: Routes) -> APIGatewayHttpResolver:
+    """A resolver with our error handling. One per invocation: Powertools keeps the
+    current event on the resolver, so a shared one would mix up concurrent requests
+    (the local gateway runs invocations in threads of one process)."""
     app = APIGatewayHttpResolver()
+    routes(app)
 
     @app.exception_handler(ApiError)  # type: ignore[misc]
     def _expected(err: ApiError) -> Response[str]:
@@ -53,12 +60,12 @@ def create_app() -> APIGatewayHttpResolver:
     return app
 
 
-def handler_for(app: APIGatewayHttpResolver) -> Handler:
+def handler_for(routes: Routes) -> Handler:
     """The Lambda entry point: request id as the correlation id of every log line."""
 
     @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
     def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-        return app.resolve(event, context)
+        return create_app(routes).resolve(event, context)
 
     return handler
 

@@ -59,8 +59,8 @@ def final_result(job: dict[str, Any]) -> Any:
 
 def complete(client: SyncPostgrestClient, job_id: str, step_id: str, lease_token: str,
              output: Any) -> dict[str, Any]:
-    params = {"p_job_id": job_id, "p_step_id": step_id, "p_lease_token": lease_token,
-              "p_output": output}
+    params: dict[str, Any] = {"p_job_id": job_id, "p_step_id": step_id,
+                              "p_lease_token": lease_token, "p_output": output}
     return db.obj(client.rpc("complete_step", params).execute().data)
 
 
@@ -79,13 +79,15 @@ def _fail_params(job_id: str, step_id: str, lease_token: str, error: str,
 # The orchestrator (asynchronous) -------------------------------------------------
 
 async def claim(client: AsyncPostgrestClient, limit: int) -> list[ClaimedStep]:
-    response = await client.rpc("claim_steps", {"p_limit": limit}).execute()
+    params: dict[str, Any] = {"p_limit": limit}
+    response = await client.rpc("claim_steps", params).execute()
     return [ClaimedStep.from_row(r) for r in db.rows(response.data)]
 
 
 async def recover_expired(client: AsyncPostgrestClient, limit: int = 100) -> int:
-    response = await client.rpc("recover_expired_leases", {"p_limit": limit}).execute()
-    return int(response.data or 0)
+    params: dict[str, Any] = {"p_limit": limit}
+    response = await client.rpc("recover_expired_leases", params).execute()
+    return int(response.data or 0)  # type: ignore[arg-type]
 
 
 async def fail_async(client: AsyncPostgrestClient, step: ClaimedStep, error: str,
@@ -96,12 +98,13 @@ async def fail_async(client: AsyncPostgrestClient, step: ClaimedStep, error: str
 
 async def finishable(client: AsyncPostgrestClient, limit: int = 50,
                      job_id: str | None = None) -> list[dict[str, Any]]:
-    response = await client.rpc("finishable_jobs", {"p_limit": limit, "p_job_id": job_id}).execute()
+    params: dict[str, Any] = {"p_limit": limit, "p_job_id": job_id}
+    response = await client.rpc("finishable_jobs", params).execute()
     return db.rows(response.data)
 
 
 async def finish(client: AsyncPostgrestClient, job_id: str, result: Any) -> dict[str, Any]:
-    params = {"p_job_id": job_id, "p_final_result": result}
+    params: dict[str, Any] = {"p_job_id": job_id, "p_final_result": result}
     return db.obj((await client.rpc("finish_job", params).execute()).data)
 
 

@@ -17,7 +17,7 @@ from tests.api_client import Api
 from tests.conftest import Stack, User, create_workflow
 
 NAMED_INPUT = {
-    "steps": [{"id": "only", "transformer": "noop", "inputs": {"name": "$.input.name"}}],
+    "steps": [{"id": "only", "transformer": "transform", "inputs": {"name": "$.input.name"}}],
     "input_schema": {
         "type": "object",
         "required": ["name"],
@@ -153,7 +153,7 @@ def test_accepted_and_refused_tokens(stack: Stack, api: Api, workflow: str) -> N
 
     now = int(time.time())
     claims = {"sub": user.id, "aud": "authenticated", "role": "authenticated", "exp": now + 600}
-    unsigned = jwt.encode(claims, key=None, algorithm="none")
+    unsigned = jwt.encode(claims, key="", algorithm="none")
     wrong_aud = stack.token(user.id, aud="anon")
     expired = stack.token(user.id, exp_in=-600)
     no_sub = jwt.encode({k: v for k, v in claims.items() if k != "sub"},
@@ -204,3 +204,25 @@ def test_pagination_walks_every_job_once(stack: Stack, api: Api, workflow: str) 
     only_pending = api.request("GET", "/jobs", user.token,
                                params={"status": "cancelled", "workflow_id": workflow}).json()
     assert only_pending["jobs"] == []
+
+
+def test_concurrent_requests_never_mix_users(stack: Stack, api: Api, workflow: str) -> None:
+    """The local gateway runs invocations in threads of one process, as many at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    users = [stack.create_user() for _ in range(12)]
+
+    def start_as(user: User) -> tuple[str, str]:
+        with httpx.Client(base_url=stack.api_url, timeout=30) as client:
+            response = client.post("/workflows/start",
+                                   json={"workflow_id": workflow, "input_data": {"name": user.id}},
+                                   headers={"Authorization": f"Bearer {user.token}"})
+        assert response.status_code == 202, response.text
+        return user.id, response.json()["job_id"]
+
+    with ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(start_as, users * 3))
+    for user_id, job_id in results:
+        owner, name = stack.sql("select user_id::text, input_data->>'name' from workflow.jobs"
+                                " where id = %s", (job_id,))[0]
+        assert owner == user_id and name == user_id

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 
 from shared import api
 from shared.executors import gemini_prompt, runtime
 
-app = api.create_app()
+
+def routes(app: APIGatewayHttpResolver) -> None:
+    @app.post("/internal/executors/gemini-prompt")
+    def run_step() -> Response[str]:
+        return runtime.handle(app, gemini_prompt.execute)
 
 
-@app.post("/internal/executors/gemini-prompt")
-def run_step() -> Response[str]:
-    return runtime.handle(app, gemini_prompt.execute)
-
-
-handler = api.handler_for(app)
+handler = api.handler_for(routes)

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 
 from shared import api
-from shared.executors import webhook_call, runtime
-
-app = api.create_app()
+from shared.executors import runtime, webhook_call
 
 
-@app.post("/internal/executors/webhook-call")
-def run_step() -> Response[str]:
-    return runtime.handle(app, webhook_call.execute)
+def routes(app: APIGatewayHttpResolver) -> None:
+    @app.post("/internal/executors/webhook-call")
+    def run_step() -> Response[str]:
+        return runtime.handle(app, webhook_call.execute)
 
 
-handler = api.handler_for(app)
+handler = api.handler_for(routes)

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 
 from shared import api, auth, jobs
 
-app = api.create_app()
+
+def routes(app: APIGatewayHttpResolver) -> None:
+    @app.get("/jobs/<jobId>")
+    def get_job(jobId: str) -> Response[str]:
+        user = auth.verify_user(api.headers(app))
+        return api.json_response(200, jobs.get(user, jobId))
 
 
-@app.get("/jobs/<jobId>")
-def get_job(jobId: str) -> Response[str]:
-    user = auth.verify_user(api.headers(app))
-    return api.json_response(200, jobs.get(user, jobId))
-
-
-handler = api.handler_for(app)
+handler = api.handler_for(routes)

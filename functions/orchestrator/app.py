@@ -10,12 +10,10 @@ import asyncio
 import os
 from typing import Any
 
-from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 
 from shared import api, auth, orchestrator
 from shared.dispatch import functions_url
-
-app = api.create_app()
 
 # Leave this much of the function's timeout for the last answers to arrive.
 MARGIN_S = 15.0
@@ -24,7 +22,8 @@ MARGIN_S = 15.0
 def _budget_s(context: Any) -> float:
     configured = float(os.environ.get("SUPAFLOW_ORCHESTRATOR_BUDGET_S", "60"))
     if context is not None and hasattr(context, "get_remaining_time_in_millis"):
-        return max(1.0, min(configured, context.get_remaining_time_in_millis() / 1000 - MARGIN_S))
+        remaining = float(context.get_remaining_time_in_millis()) / 1000
+        return max(1.0, min(configured, remaining - MARGIN_S))
     return configured
 
 
@@ -38,14 +37,15 @@ def _run_pass(event: dict[str, Any], context: Any) -> dict[str, int]:
     return summary.as_dict()
 
 
-@app.post("/internal/orchestrator")
-def orchestrate() -> Response[str]:
-    auth.verify_internal(api.headers(app))
-    api.raw_body(app)  # size-checked; the body (a reason) is informational only
-    return api.json_response(200, _run_pass(app.current_event.raw_event, app.lambda_context))
+def routes(app: APIGatewayHttpResolver) -> None:
+    @app.post("/internal/orchestrator")
+    def orchestrate() -> Response[str]:
+        auth.verify_internal(api.headers(app))
+        api.raw_body(app)  # size-checked; the body (a reason) is informational only
+        return api.json_response(200, _run_pass(app.current_event.raw_event, app.lambda_context))
 
 
-_http_handler = api.handler_for(app)
+_http_handler = api.handler_for(routes)
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:

@@ -84,10 +84,10 @@ def handle(app: APIGatewayHttpResolver, execute: Execute) -> Response[str]:
         output = execute(req.transformer.config, req.inputs, ctx)
         json.dumps(output)  # the output must be JSON to be stored
     except StepError as exc:
-        api.logger.warning("step failed", extra={**keys, "error": exc.message,
-                                                  "retryable": exc.retryable})
-        recorded = _record(lambda: state.fail(client, *args, exc.message, exc.retryable), keys)
-    except Exception as exc:
+        message, retryable = exc.message, exc.retryable
+        api.logger.warning("step failed", extra={**keys, "error": message, "retryable": retryable})
+        recorded = _record(lambda: state.fail(client, *args, message, retryable), keys)
+    except Exception as exc:  # noqa: BLE001 - any bug in a step is a failed, retryable attempt
         api.logger.exception("step raised", extra=keys)
         message = f"{type(exc).__name__}: {exc}"
         recorded = _record(lambda: state.fail(client, *args, message, True), keys)

@@ -1,0 +1,332 @@
+"""The engine end to end: SQL state machine, orchestrator, executors, over real HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
+
+import boto3
+import httpx
+import pytest
+
+from shared.executors.webhook_call import verify_signature
+from stack.demo import run as run_demo
+from stack.demo import sine_wav
+from tests.api_client import Api
+from tests.conftest import Stack, create_workflow
+from tests.engine import (
+    add_transformer,
+    assert_consistent_log,
+    events,
+    failing_transform,
+    run_workflow,
+    start,
+    wait_job,
+)
+
+FAST_RETRY = {"max_retries": 3, "initial_delay_s": 0.05, "max_delay_s": 0.2, "jitter": 0}
+
+DIAMOND = {
+    "steps": [
+        {"id": "a", "transformer": "transform", "inputs": {"n": "$.input.n"}},
+        {"id": "b", "transformer": "transform", "depends_on": ["a"],
+         "inputs": {"double": "$.steps.a.output.n"}},
+        {"id": "c", "transformer": "transform", "depends_on": ["a"],
+         "inputs": {"label": "n is {{ $.steps.a.output.n }}"}},
+        {"id": "d", "transformer": "transform", "depends_on": ["b", "c"],
+         "inputs": {"b": "$.steps.b.output", "c": "$.steps.c.output.label"}},
+    ],
+    "output": {"summary": "$.steps.d.output", "input": "$.input.n"},
+}
+
+
+def test_a_dag_runs_to_completion_without_cron(stack: Stack, api: Api) -> None:
+    started = time.monotonic()
+    _, job = run_workflow(stack, api, DIAMOND, {"n": 7})
+    elapsed = time.monotonic() - started
+    assert job["status"] == "completed", job
+    # pg_cron ticks once a minute; a job that needed it would take far longer than
+    # its three hops (this is a functional check, not a timing one: see bench/).
+    assert elapsed < 45, "the job waited for a cron tick instead of draining"
+    assert job["final_result"] == {"summary": {"b": {"double": 7}, "c": "n is 7"}, "input": 7}
+    assert job["step_data"]["c"] == {"label": "n is 7"}
+    assert {s["step_id"]: s["status"] for s in job["steps"]} == dict.fromkeys("abcd", "completed")
+    assert job["started_at"] and job["completed_at"] and job["current_step_id"] is None
+    log = assert_consistent_log(stack, job)
+    order = [e["step_id"] for e in log if e["event_type"] == "step_started"]
+    assert order[0] == "a" and order[-1] == "d" and sorted(order[1:3]) == ["b", "c"]
+
+
+def test_retryable_failures_are_retried_with_backoff(stack: Stack, api: Api) -> None:
+    flaky = failing_transform(stack, attempts=2)
+    definition = {"retry": FAST_RETRY, "steps": [
+        {"id": "flaky", "transformer": flaky, "inputs": {"x": "$.input.x"}}]}
+    _, job = run_workflow(stack, api, definition, {"x": 1})
+    assert job["status"] == "completed", job
+    assert job["final_result"] == {"x": 1}
+    assert job["retry_count"] == 2
+    (step,) = job["steps"]
+    assert step["attempt"] == 3
+    log = assert_consistent_log(stack, job)
+    retries = [e for e in log if e["event_type"] == "step_retry_scheduled"]
+    assert [e["attempt"] for e in retries] == [1, 2]
+    assert all(e["detail"]["error"] == "boom" for e in retries)
+    assert "awaiting_retry" in [h["status"] for h in job["state_history"]]
+
+
+def test_a_permanent_failure_fails_the_job_and_cancels_the_rest(stack: Stack, api: Api) -> None:
+    broken = failing_transform(stack, attempts=99, retryable=False, message="bad input file")
+    definition = {"steps": [
+        {"id": "a", "transformer": "transform", "inputs": {}},
+        {"id": "bad", "transformer": broken, "depends_on": ["a"], "inputs": {}},
+        {"id": "slow", "transformer": failing_transform(stack, 99), "depends_on": ["a"],
+         "retry": {"max_retries": 5, "initial_delay_s": 30}, "inputs": {}},
+        {"id": "after", "transformer": "transform", "depends_on": ["bad", "slow"], "inputs": {}},
+    ]}
+    _, job = run_workflow(stack, api, definition, {})
+    assert job["status"] == "failed", job
+    assert "bad" in job["error_message"] and "bad input file" in job["error_message"]
+    statuses = {s["step_id"]: s["status"] for s in job["steps"]}
+    assert statuses == {"a": "completed", "bad": "failed", "slow": "cancelled",
+                        "after": "cancelled"}
+    assert job["final_result"] is None and job["completed_at"]
+    assert_consistent_log(stack, job)
+
+
+def test_exhausted_retries_fail_the_job(stack: Stack, api: Api) -> None:
+    always = failing_transform(stack, attempts=99, message="upstream 503")
+    definition = {"steps": [{"id": "s", "transformer": always, "inputs": {},
+                             "retry": {**FAST_RETRY, "max_retries": 1}}]}
+    _, job = run_workflow(stack, api, definition, {})
+    assert job["status"] == "failed"
+    assert job["steps"][0]["attempt"] == 2
+    assert "attempt 2 of 2" in job["error_message"] and "upstream 503" in job["error_message"]
+    assert_consistent_log(stack, job)
+
+
+def test_unknown_transformer_and_unresolvable_input_fail_clearly(stack: Stack, api: Api) -> None:
+    _, job = run_workflow(stack, api, {"steps": [{"id": "s", "transformer": "no-such"}]}, {})
+    assert job["status"] == "failed" and "unknown transformer 'no-such'" in job["error_message"]
+    _, job = run_workflow(stack, api, {"steps": [
+        {"id": "s", "transformer": "transform", "inputs": {"v": "$.input.missing"}}]}, {})
+    assert job["status"] == "failed" and "$.input.missing" in job["error_message"]
+
+
+def _service(stack: Stack) -> httpx.Client:
+    return httpx.Client(base_url=f"{stack.api_url}/rest/v1/rpc", headers={
+        **stack.service_headers(), "Content-Profile": "workflow", "Accept-Profile": "workflow"})
+
+
+def _pending_job(stack: Stack, *, hold: bool = False) -> tuple[str, str]:
+    """A job created in SQL (no kick). `hold` keeps its step out of every orchestrator's
+    reach (due in an hour, retries an hour apart), for driving the state machine by hand."""
+    user = stack.create_user()
+    step: dict[str, Any] = {"id": "only", "transformer": "transform"}
+    if hold:
+        step["retry"] = {"max_retries": 3, "initial_delay_s": 3600, "max_delay_s": 3600}
+    wid = create_workflow(stack, {"steps": [step]})
+    with stack.db() as conn, conn.transaction():
+        conn.execute("select set_config('request.jwt.claims', %s, true)",
+                     (json.dumps({"sub": user.id, "role": "authenticated"}),))
+        row = conn.execute("select workflow.start_job(%s, 1, '{}'::jsonb)", (wid,)).fetchone()
+        assert row is not None
+        job_id = str(row[0]["job_id"])
+        if hold:  # in the same transaction: no orchestrator ever sees it due
+            conn.execute("update workflow.job_steps set next_attempt_at = now() + interval '1 hour'"
+                         " where job_id = %s", (job_id,))
+    return job_id, wid
+
+
+def _claim_own(stack: Stack, job_id: str) -> dict[str, Any]:
+    """Make this job's step due first in line and claim it, in one transaction."""
+    with stack.db() as conn, conn.transaction():
+        conn.execute("update workflow.job_steps set next_attempt_at = '-infinity'"
+                     " where job_id = %s", (job_id,))
+        cur = conn.execute("select * from workflow.claim_steps(1)")
+        names = [c.name for c in cur.description or []]
+        rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+    assert [str(r["job_id"]) for r in rows] == [job_id]
+    return {**rows[0], "lease_token": str(rows[0]["lease_token"])}
+
+
+def test_stale_and_duplicate_results_change_nothing(stack: Stack) -> None:
+    job_id, _ = _pending_job(stack, hold=True)
+    with _service(stack) as rpc:
+        first = _claim_own(stack, job_id)
+        # The lease expires (the executor hung); recovery makes it a failed, retryable attempt.
+        stack.sql("update workflow.job_steps set lease_expires_at = now() - interval '1 s'"
+                  " where job_id = %s", (job_id,))
+        assert rpc.post("/recover_expired_leases", json={"p_limit": 1000}).json() >= 1
+        second = _claim_own(stack, job_id)
+        assert second["attempt"] == 2 and second["lease_token"] != first["lease_token"]
+
+        def complete(token: str, output: Any) -> dict[str, Any]:
+            return dict(rpc.post("/complete_step", json={
+                "p_job_id": job_id, "p_step_id": "only", "p_lease_token": token,
+                "p_output": output}).json())
+
+        assert complete(first["lease_token"], {"late": True}) == {
+            "accepted": False, "reason": "stale lease"}
+        assert complete(second["lease_token"], {"ok": 1})["accepted"] is True
+        assert complete(second["lease_token"], {"ok": 2})["accepted"] is False
+        failed = rpc.post("/fail_step", json={
+            "p_job_id": job_id, "p_step_id": "only", "p_lease_token": second["lease_token"],
+            "p_error": "late failure", "p_retryable": False}).json()
+        assert failed["accepted"] is False
+    rows = stack.sql("select output, status, attempt from workflow.job_steps where job_id = %s",
+                     (job_id,))
+    assert rows == [({"ok": 1}, "completed", 2)]
+    log = events(stack, job_id)
+    assert [e["event_type"] for e in log].count("step_completed") == 1
+    assert "step_retry_scheduled" in [e["event_type"] for e in log]
+
+
+def test_a_job_keeps_the_definition_version_it_started_with(stack: Stack, api: Api) -> None:
+    user = stack.create_user()
+    wid = create_workflow(stack, {"steps": [{"id": "old", "transformer": "transform",
+                                             "inputs": {"v": "old"}}]})
+    job_id, _ = start(api, user, wid, {}), None
+    stack.sql("update workflow.workflows set definition = %s where id = %s", (json.dumps(
+        {"steps": [{"id": "new", "transformer": "transform", "inputs": {"v": "new"}}]}), wid))
+    job = wait_job(api, user, job_id)
+    assert job["status"] == "completed" and job["workflow_version"] == 1
+    assert job["final_result"] == {"v": "old"}
+    newer = wait_job(api, user, start(api, user, wid, {}))
+    assert newer["workflow_version"] == 2 and newer["final_result"] == {"v": "new"}
+
+
+def test_users_cancel_only_their_own_jobs(stack: Stack, api: Api) -> None:
+    slow = failing_transform(stack, attempts=99)
+    user, other = stack.create_user(), stack.create_user()
+    wid = create_workflow(stack, {"steps": [{"id": "s", "transformer": slow, "inputs": {},
+                                             "retry": {"max_retries": 5, "initial_delay_s": 30}}]})
+    job_id = start(api, user, wid, {})
+
+    def cancel(token: str) -> httpx.Response:
+        return httpx.post(f"{stack.api_url}/rest/v1/rpc/cancel_job", json={"p_job_id": job_id},
+                          headers={"apikey": stack.sec.anon_key, "Authorization": f"Bearer {token}",
+                                   "Content-Profile": "workflow"})
+
+    assert cancel(other.token).status_code == 404
+    response = cancel(user.token)
+    assert response.status_code == 200 and response.json()["cancelled"] is True
+    job = wait_job(api, user, job_id)
+    assert job["status"] == "cancelled" and job["steps"][0]["status"] == "cancelled"
+    assert cancel(user.token).json()["cancelled"] is False
+    assert_consistent_log(stack, job)
+
+
+def test_orchestrator_requires_the_internal_credential(stack: Stack) -> None:
+    url = f"{stack.api_url}/internal/orchestrator"
+    assert httpx.post(url, json={}).status_code == 401
+    assert httpx.post(url, json={}, headers={"Authorization": "Bearer nope"}).status_code == 401
+    executor = f"{stack.api_url}/internal/executors/transform"
+    assert httpx.post(executor, json={}, headers={"Authorization": "Bearer nope"}).status_code == 401
+    summary = httpx.post(url, json={}, headers=stack.internal_headers(), timeout=90)
+    assert summary.status_code == 200
+    assert {"claimed", "dispatched", "completed", "failed", "recovered"} <= set(summary.json())
+
+
+def test_pg_cron_schedule_reaches_the_orchestrator(stack: Stack, api: Api) -> None:
+    (schedule,) = stack.sql("select schedule, command from cron.job"
+                            " where jobname = 'supaflow-orchestrator'")
+    assert schedule[0] == "* * * * *"
+    job_id, _ = _pending_job(stack)  # created in SQL: nobody kicked an orchestrator
+    request_id = stack.sql(str(schedule[1]))[0][0]
+    (status,) = stack.sql("select status_code from net._http_response where id = %s",
+                          (request_id,))
+    assert status[0] == 200 or status[0] is None  # None: timed out, the pass goes on
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        (row,) = stack.sql("select status from workflow.jobs where id = %s", (job_id,))
+        if row[0] == "completed":
+            break
+        time.sleep(0.1)
+    assert row[0] == "completed"
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    calls: ClassVar[list[dict[str, Any]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.calls.append({"headers": dict(self.headers.items()), "body": body})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b'{"received": true}')
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_webhook_call_is_signed_and_verifiable(stack: Stack, api: Api) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        hook = add_transformer(stack, "webhook_call", "execute-webhook-call", {
+            "url": f"http://127.0.0.1:{server.server_address[1]}/hook",
+            "secret_env_var": "SUPAFLOW_WEBHOOK_SECRET"})
+        _, job = run_workflow(stack, api, {"steps": [
+            {"id": "notify", "transformer": hook,
+             "inputs": {"body": {"order": "$.input.order", "note": "order {{ $.input.order }}"}}}
+        ]}, {"order": 42})
+    finally:
+        server.shutdown()
+    assert job["status"] == "completed", job
+    assert job["final_result"] == {"status_code": 200, "response": {"received": True}}
+    call = next(c for c in _Receiver.calls
+                if c["headers"].get("X-Supaflow-Job-Id") == job["job_id"])
+    assert json.loads(call["body"]) == {"order": 42, "note": "order 42"}
+    assert verify_signature(stack.sec.webhook_secret, call["headers"]["X-Supaflow-Timestamp"],
+                            call["body"], call["headers"]["X-Supaflow-Signature"])
+    assert not verify_signature(stack.sec.webhook_secret, call["headers"]["X-Supaflow-Timestamp"],
+                                call["body"] + b" ", call["headers"]["X-Supaflow-Signature"])
+
+
+def test_download_refuses_metadata_addresses_and_oversized_files(stack: Stack, api: Api) -> None:
+    small = add_transformer(stack, "http_download", "execute-http-download",
+                            {"bucket": "tests", "max_bytes": 1000})
+    _, job = run_workflow(stack, api, {"steps": [
+        {"id": "dl", "transformer": small, "inputs": {"url": "$.input.url"}}]},
+        {"url": "http://169.254.169.254/latest/meta-data/"})
+    assert job["status"] == "failed" and "169.254.169.254" in job["error_message"]
+    assert job["steps"][0]["attempt"] == 1, "a refusal must not be retried"
+
+
+def test_the_audio_transcription_example_runs_end_to_end(stack: Stack) -> None:
+    httpx.post(f"{stack.cfg.gemini_url}/_control/reset")
+    httpx.post(f"{stack.cfg.gemini_url}/_control/faults", json={"status": 429, "count": 1})
+    job = run_demo(None, timeout_s=60)
+    assert job["status"] == "completed", job
+    audio, transcript = job["final_result"]["audio"], job["final_result"]["transcript"]
+    assert audio["sha256"] == hashlib.sha256(sine_wav()).hexdigest()
+    s3 = boto3.client("s3", endpoint_url=stack.cfg.s3_url, aws_access_key_id="local",
+                      aws_secret_access_key="local", region_name="us-east-1")
+    stored = s3.get_object(Bucket=audio["bucket"], Key=audio["key"])["Body"].read()
+    assert hashlib.sha256(stored).hexdigest() == audio["sha256"]
+    assert transcript["segments"] and {"start", "end", "text"} <= set(transcript["segments"][0])
+    transcribe = next(s for s in job["steps"] if s["step_id"] == "transcribe")
+    assert transcribe["attempt"] == 2, "the injected 429 was not retried"
+    calls = httpx.get(f"{stack.cfg.gemini_url}/_control/requests").json()["requests"]
+    inline = [p for c in calls for p in c["parts"] if p["kind"] == "inline_data"]
+    assert {"mime_type": "audio/wav", "size": len(stored), "sha256": audio["sha256"]} in [
+        {k: p[k] for k in ("mime_type", "size", "sha256")} for p in inline]
+
+
+@pytest.mark.parametrize("count", [1])
+def test_many_jobs_all_complete(stack: Stack, api: Api, count: int) -> None:
+    user = stack.create_user()
+    wid = create_workflow(stack, DIAMOND)
+    ids = [start(api, user, wid, {"n": i}) for i in range(40 * count)]
+    jobs = [wait_job(api, user, j, 60) for j in ids]
+    assert [j["status"] for j in jobs] == ["completed"] * len(ids)
+    assert sorted(j["final_result"]["input"] for j in jobs) == list(range(len(ids)))
+    for job in jobs[:5]:
+        assert_consistent_log(stack, job)
+    assert uuid.UUID(jobs[0]["job_id"])

@@ -377,8 +377,10 @@ language sql
 stable
 set search_path = ''
 as $$
-  select greatest(0, extract(epoch from min(next_attempt_at) - now()))::float8
-  from workflow.job_steps where status = 'ready'
+  select greatest(0, extract(epoch from next_at - now()))::float8
+  from (select min(next_attempt_at) as next_at from workflow.job_steps
+        where status = 'ready') due
+  where next_at is not null
 $$;
 
 revoke execute on all functions in schema workflow from public, anon, authenticated;

@@ -72,3 +72,13 @@ def assert_consistent_log(stack: Stack, job: dict[str, Any]) -> list[dict[str, A
     history = [h["status"] for h in job["state_history"]]
     assert history == [e["to_status"] for e in job_events]
     return log
+
+
+def wait_status(stack: Stack, job_id: str, status: str, timeout_s: float = 20) -> str:
+    """Polls the database (not the API): for jobs created in SQL, with no user token at hand."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        current = str(stack.sql("select status from workflow.jobs where id = %s", (job_id,))[0][0])
+        if current == status or time.monotonic() > deadline:
+            return current
+        time.sleep(0.1)

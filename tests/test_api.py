@@ -148,7 +148,8 @@ def test_accepted_and_refused_tokens(stack: Stack, api: Api, workflow: str) -> N
     user = stack.create_user()
     body = {"workflow_id": workflow, "input_data": {"name": "n"}}
     assert api.start(user.token, body).status_code == 202
-    assert api.start(user.es256_token, body).status_code == 202
+    es256 = api.start(user.es256_token, body)
+    assert es256.status_code == 202, es256.text
     assert api.request("GET", "/jobs", user.es256_token).status_code == 200
 
     now = int(time.time())

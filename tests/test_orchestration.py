@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,6 +27,7 @@ from tests.engine import (
     run_workflow,
     start,
     wait_job,
+    wait_status,
 )
 
 FAST_RETRY = {"max_retries": 3, "initial_delay_s": 0.05, "max_delay_s": 0.2, "jitter": 0}
@@ -234,13 +234,7 @@ def test_a_disconnected_caller_does_not_stop_the_orchestrator(stack: Stack, no_c
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{stack.api_url}/internal/orchestrator", json={"reason": "test"},
                    headers=stack.internal_headers(), timeout=httpx.Timeout(5.0, read=0.001))
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        (row,) = stack.sql("select status from workflow.jobs where id = %s", (job_id,))
-        if row[0] == "completed":
-            break
-        time.sleep(0.1)
-    assert row[0] == "completed"
+    assert wait_status(stack, job_id, "completed") == "completed"
 
 
 def test_orchestrator_requires_the_internal_credential(stack: Stack) -> None:
@@ -263,13 +257,7 @@ def test_pg_cron_schedule_reaches_the_orchestrator(stack: Stack, api: Api) -> No
     (status,) = stack.sql("select status_code from net._http_response where id = %s",
                           (request_id,))
     assert status[0] == 200 or status[0] is None  # None: timed out, the pass goes on
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        (row,) = stack.sql("select status from workflow.jobs where id = %s", (job_id,))
-        if row[0] == "completed":
-            break
-        time.sleep(0.1)
-    assert row[0] == "completed"
+    assert wait_status(stack, job_id, "completed") == "completed"
 
 
 class _Receiver(BaseHTTPRequestHandler):

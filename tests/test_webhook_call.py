@@ -105,7 +105,9 @@ def env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(SECRET_ENV, SECRET)
 
 
-CTX = StepContext("job-9", "notify", 3, "webhook-call", 60.0)
+def _ctx() -> StepContext:
+    """A fresh attempt: its time budget starts now."""
+    return StepContext("job-9", "notify", 3, "webhook-call", 60.0)
 BODY = {"z": [1, 2, {"b": None, "a": "é"}], "a": 1.5}
 
 
@@ -114,7 +116,7 @@ def call(receiver: Receiver, path: str, **config: Any) -> dict[str, Any]:
         {"url": receiver.url(path), "secret_env_var": SECRET_ENV, "allow_hosts": receiver.allow,
          **config},
         {"body": BODY},
-        CTX,
+        _ctx(),
     )
 
 
@@ -184,7 +186,7 @@ def test_text_answer_and_body_url_from_inputs(receiver: Receiver) -> None:
             "allow_hosts": receiver.allow,
         },
         {"body": [1, 2], "url": receiver.url("/text")},
-        CTX,
+        _ctx(),
     )
     assert out == {"status_code": 202, "response": "queued"}
     assert receiver.deliveries[0].body == b"[1,2]"
@@ -214,7 +216,7 @@ def test_missing_secret_env_is_permanent(
     error = failure(receiver, "/hook")
     assert error.retryable is False and SECRET_ENV in error.message
     with pytest.raises(StepError) as info:
-        execute({"url": receiver.url("/hook"), "allow_hosts": receiver.allow}, {"body": {}}, CTX)
+        execute({"url": receiver.url("/hook"), "allow_hosts": receiver.allow}, {"body": {}}, _ctx())
     assert info.value.retryable is False
     assert receiver.deliveries == []
 
@@ -234,7 +236,7 @@ def test_unserialisable_body_is_permanent(receiver: Receiver) -> None:
                 "allow_hosts": receiver.allow,
             },
             {"body": {"x": float("nan")}},
-            CTX,
+            _ctx(),
         )
     assert info.value.retryable is False
     assert receiver.deliveries == []

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
-
 from shared import api
 from shared.executors import http_download, runtime
 
 
-def routes(app: APIGatewayHttpResolver) -> None:
-    @app.post("/internal/executors/http-download")
-    def run_step() -> Response[str]:
-        return runtime.handle(app, http_download.execute)
+def run_step(request: api.Request) -> api.Reply:
+    return runtime.handle(request, http_download.execute)
 
 
-handler = api.handler_for(routes)
+handler = api.handler_for(run_step)

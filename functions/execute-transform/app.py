@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
-
 from shared import api
 from shared.executors import runtime, transform
 
 
-def routes(app: APIGatewayHttpResolver) -> None:
-    @app.post("/internal/executors/transform")
-    def run_step() -> Response[str]:
-        return runtime.handle(app, transform.execute)
+def run_step(request: api.Request) -> api.Reply:
+    return runtime.handle(request, transform.execute)
 
 
-handler = api.handler_for(routes)
+handler = api.handler_for(run_step)

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
-
 from shared import api, auth, jobs
 
 
-def routes(app: APIGatewayHttpResolver) -> None:
-    @app.get("/jobs/<jobId>")
-    def get_job(jobId: str) -> Response[str]:
-        user = auth.verify_user(api.headers(app))
-        return api.json_response(200, jobs.get(user, jobId))
+def get_job(request: api.Request) -> api.Reply:
+    user = auth.verify_user(request.headers)
+    return api.Reply(200, jobs.get(user, request.path_param("jobId")))
 
 
-handler = api.handler_for(routes)
+handler = api.handler_for(get_job)

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
-
 from shared import api, auth, jobs
 
 
-def routes(app: APIGatewayHttpResolver) -> None:
-    @app.get("/jobs")
-    def list_jobs() -> Response[str]:
-        user = auth.verify_user(api.headers(app))
-        query = dict(app.current_event.query_string_parameters or {})
-        return api.json_response(200, jobs.list_jobs(user, query))
+def list_jobs(request: api.Request) -> api.Reply:
+    user = auth.verify_user(request.headers)
+    return api.Reply(200, jobs.list_jobs(user, request.query))
 
 
-handler = api.handler_for(routes)
+handler = api.handler_for(list_jobs)

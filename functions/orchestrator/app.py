@@ -10,8 +10,6 @@ import asyncio
 import os
 from typing import Any
 
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
-
 from shared import api, auth, orchestrator
 from shared.dispatch import functions_url
 
@@ -37,15 +35,13 @@ def _run_pass(event: dict[str, Any], context: Any) -> dict[str, int]:
     return summary.as_dict()
 
 
-def routes(app: APIGatewayHttpResolver) -> None:
-    @app.post("/internal/orchestrator")
-    def orchestrate() -> Response[str]:
-        auth.verify_internal(api.headers(app))
-        api.raw_body(app)  # size-checked; the body (a reason) is informational only
-        return api.json_response(200, _run_pass(app.current_event.raw_event, app.lambda_context))
+def orchestrate(request: api.Request) -> api.Reply:
+    auth.verify_internal(request.headers)
+    request.body()  # size-checked; the body (a reason) is informational only
+    return api.Reply(200, _run_pass(request.raw_event, request.context))
 
 
-_http_handler = api.handler_for(routes)
+_http_handler = api.handler_for(orchestrate)
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
-
 from shared import api, auth, jobs
 from shared.dispatch import kick_orchestrator
 
 
-def routes(app: APIGatewayHttpResolver) -> None:
-    @app.post("/workflows/start")
-    def start_workflow() -> Response[str]:
-        user = auth.verify_user(api.headers(app))
-        status, body = jobs.start(user, api.json_object(app))
-        if status == 202:
-            api.logger.info("job started", extra={"job_id": body["job_id"], "user_id": user.id})
-            kick_orchestrator("job started", app.current_event.raw_event)
-        return api.json_response(status, body)
+def start_workflow(request: api.Request) -> api.Reply:
+    user = auth.verify_user(request.headers)
+    status, body = jobs.start(user, request.json_object())
+    if status == 202:
+        api.logger.info("job started", extra={"job_id": body["job_id"], "user_id": user.id})
+        kick_orchestrator("job started", request.raw_event)
+    return api.Reply(status, body)
 
 
-handler = api.handler_for(routes)
+handler = api.handler_for(start_workflow)

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from postgrest.exceptions import APIError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -68,10 +67,10 @@ def _outcome(recorded: dict[str, Any]) -> str:
     return "completed"
 
 
-def handle(app: APIGatewayHttpResolver, execute: Execute) -> Response[str]:
-    auth.verify_internal(api.headers(app))
+def handle(request: api.Request, execute: Execute) -> api.Reply:
+    auth.verify_internal(request.headers)
     try:
-        req = StepRequest.model_validate(api.json_object(app))
+        req = StepRequest.model_validate(request.json_object())
     except ValidationError as exc:
         raise bad_request(f"invalid step request: {exc.errors()[0]['msg']}") from exc
     ctx = StepContext(job_id=str(req.job_id), step_id=req.step_id, attempt=req.attempt,
@@ -96,5 +95,4 @@ def handle(app: APIGatewayHttpResolver, execute: Execute) -> Response[str]:
     outcome = _outcome(recorded)
     api.logger.info("step recorded", extra={**keys, "outcome": outcome,
                                             "duration_ms": int((ctx.timeout_s - ctx.remaining_s()) * 1000)})
-    return api.json_response(200, {"outcome": outcome,
-                                   "finishable": bool(recorded.get("finishable"))})
+    return api.Reply(200, {"outcome": outcome, "finishable": bool(recorded.get("finishable"))})

@@ -218,6 +218,16 @@ as $$
     * (1 + coalesce((p_retry ->> 'jitter')::float8, 0.2) * (2 * random() - 1))))
 $$;
 
+-- Ends every step that has not finished; a running one's late result is then stale.
+create or replace function workflow.cancel_unfinished_steps(p_job_id uuid) returns void
+language sql
+set search_path = ''
+as $$
+  update workflow.job_steps set status = 'cancelled', lease_token = null,
+    lease_expires_at = null, completed_at = now()
+  where job_id = p_job_id and status in ('waiting', 'ready', 'running')
+$$;
+
 -- Fail a job: cancel its unfinished steps, record why.
 create or replace function workflow.fail_job(p_job_id uuid, p_message text) returns void
 language plpgsql
@@ -225,11 +235,8 @@ set search_path = ''
 as $$
 begin
   perform 1 from workflow.jobs where id = p_job_id for update;
-  update workflow.job_steps set status = 'cancelled', lease_token = null,
-    lease_expires_at = null, completed_at = now()
-  where job_id = p_job_id and status in ('waiting', 'ready', 'running');
-  update workflow.jobs set error_message = p_message, current_step_id = current_step_id
-  where id = p_job_id;
+  perform workflow.cancel_unfinished_steps(p_job_id);
+  update workflow.jobs set error_message = p_message where id = p_job_id;
   perform workflow.transition_job(p_job_id, 'failed', jsonb_build_object('error', p_message));
 end
 $$;
@@ -362,9 +369,7 @@ begin
   if v_job.status in ('completed', 'failed', 'cancelled') then
     return jsonb_build_object('cancelled', false, 'status', v_job.status);
   end if;
-  update workflow.job_steps set status = 'cancelled', lease_token = null,
-    lease_expires_at = null, completed_at = now()
-  where job_id = p_job_id and status in ('waiting', 'ready', 'running');
+  perform workflow.cancel_unfinished_steps(p_job_id);
   perform workflow.transition_job(p_job_id, 'cancelled');
   return jsonb_build_object('cancelled', true, 'status', 'cancelled');
 end

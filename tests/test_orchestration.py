@@ -7,6 +7,7 @@ import json
 import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
@@ -352,3 +353,88 @@ def test_next_due_in_is_null_without_ready_steps(stack: Stack) -> None:
                      " where id = (select min(id) from workflow.job_steps)")
         row = conn.execute("select workflow.next_due_in()").fetchone()
     assert row is not None and 3500 < row[0] <= 3600
+
+
+LINEAR = {"steps": [
+    {"id": "one", "transformer": "transform", "inputs": {"text": "$.input.text"}},
+    {"id": "two", "transformer": "transform", "inputs": {"upper": "{{ $.steps.one.output.text }}!"}},
+    {"id": "three", "transformer": "transform",
+     "inputs": {"both": ["$.steps.one.output.text", "$.steps.two.output.upper"]}},
+]}
+
+
+def test_a_three_step_job_completes_in_under_a_second(
+    stack: Stack, api: Api, no_cron: None
+) -> None:
+    user = stack.create_user()
+    wid = create_workflow(stack, LINEAR)
+    wait_job(api, user, start(api, user, wid, {"text": "warm-up"}))  # imports, connections
+    job = wait_job(api, user, start(api, user, wid, {"text": "hi"}))
+    assert job["status"] == "completed", job
+    assert job["final_result"] == {"both": ["hi", "hi!"]}
+    assert job["step_data"] == {"one": {"text": "hi"}, "two": {"upper": "hi!"},
+                                "three": {"both": ["hi", "hi!"]}}
+    (took,) = stack.sql("select extract(epoch from completed_at - created_at)::float8"
+                        " from workflow.jobs where id = %s", (job["job_id"],))[0]
+    assert took < 1.0, f"start to completed took {took:.3f} s"
+    log = assert_consistent_log(stack, job)
+    assert [e["event_type"] for e in log] == [
+        "job_created", "step_started", "job_running", "step_completed", "steps_ready",
+        "step_started", "step_completed", "steps_ready", "step_started", "step_completed",
+        "job_completed"]
+
+
+def test_retry_delays_follow_the_policy(stack: Stack, api: Api) -> None:
+    policy = {"max_retries": 3, "initial_delay_s": 0.3, "multiplier": 2, "max_delay_s": 10,
+              "jitter": 0.2}
+    flaky = failing_transform(stack, attempts=2)
+    _, job = run_workflow(stack, api, {"steps": [
+        {"id": "s", "transformer": flaky, "inputs": {}, "retry": policy}]}, {})
+    assert job["status"] == "completed" and job["steps"][0]["attempt"] == 3
+    rows = stack.sql(
+        "select event_type, attempt, created_at, (detail->>'next_attempt_at')::timestamptz"
+        " from workflow.job_events where job_id = %s and step_id = 's' order by seq",
+        (job["job_id"],))
+    scheduled = [r for r in rows if r[0] == "step_retry_scheduled"]
+    started = [r for r in rows if r[0] == "step_started"]
+    assert [r[1] for r in started] == [1, 2, 3]
+    for (_, attempt, at, due), nominal in zip(scheduled, (0.3, 0.6), strict=True):
+        delay = (due - at).total_seconds()
+        assert nominal * 0.8 - 0.01 <= delay <= nominal * 1.2 + 0.01, (attempt, delay)
+        next_start = started[attempt][2]
+        assert next_start >= due, "an attempt started before its backoff elapsed"
+
+
+def test_two_orchestrators_dispatch_each_step_once(stack: Stack, no_cron: None) -> None:
+    """200 steps become due at once and two passes race for them."""
+    user = stack.create_user()
+    wid = create_workflow(stack, {"steps": [{"id": "only", "transformer": "transform",
+                                             "inputs": {"i": "$.input.i"}}]})
+    claims = json.dumps({"sub": user.id, "role": "authenticated"})
+    with stack.db() as conn, conn.transaction():
+        conn.execute("select set_config('request.jwt.claims', %s, true)", (claims,))
+        conn.execute("insert into workflow.rate_limits (user_id, max_starts, window_seconds)"
+                     " values (%s, 1000, 60)", (user.id,))
+        conn.execute("select workflow.start_job(%s, 1, jsonb_build_object('i', i))"
+                     " from generate_series(1, 200) i", (wid,))
+        conn.execute("update workflow.job_steps s set next_attempt_at = now() + interval '1 hour'"
+                     " from workflow.jobs j where j.id = s.job_id and j.workflow_id = %s", (wid,))
+    stack.sql("update workflow.job_steps s set next_attempt_at = now() from workflow.jobs j"
+              " where j.id = s.job_id and j.workflow_id = %s", (wid,))
+
+    def run_pass(_: int) -> dict[str, Any]:
+        response = httpx.post(f"{stack.api_url}/internal/orchestrator", json={},
+                              headers=stack.internal_headers(), timeout=120)
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    with ThreadPoolExecutor(2) as pool:
+        summaries = list(pool.map(run_pass, range(2)))
+    rows = stack.sql(
+        "select j.status, count(*) filter (where e.event_type = 'step_started'),"
+        " count(*) filter (where e.event_type = 'step_completed'), max(e.attempt)"
+        " from workflow.jobs j join workflow.job_events e on e.job_id = j.id"
+        " where j.workflow_id = %s group by j.id, j.status", (wid,))
+    assert len(rows) == 200
+    assert set(rows) == {("completed", 1, 1, 1)}, summaries
+    assert sum(s["claimed"] for s in summaries) <= 200

@@ -47,7 +47,8 @@ if [ ! -x "$bin_dir/postgrest" ] || [ "$(cat "$bin_dir/postgrest.version" 2>/dev
 fi
 
 find_python() {
-  for candidate in "${PYTHON:-}" python3.12 "$HOME"/.pyenv/versions/3.12*/bin/python3.12 /usr/bin/python3.12; do
+  for candidate in "${PYTHON:-}" python3.12 "${HOME:-/root}"/.pyenv/versions/3.12*/bin/python3.12 \
+      /root/.pyenv/versions/3.12*/bin/python3.12 /usr/local/bin/python3.12 /usr/bin/python3.12; do
     [ -n "$candidate" ] || continue
     if "$candidate" -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1; then
       echo "$candidate"; return 0

@@ -11,7 +11,9 @@ from typing import Any, cast
 
 import httpx
 from postgrest import AsyncPostgrestClient, SyncPostgrestClient
+from postgrest.exceptions import APIError
 
+from shared.errors import ApiError, not_found
 from shared.settings import settings
 
 SCHEMA = "workflow"
@@ -71,3 +73,15 @@ def rows(data: Any) -> list[dict[str, Any]]:
 
 def obj(data: Any) -> dict[str, Any]:
     return cast(dict[str, Any], data)
+
+
+def api_error(exc: APIError) -> ApiError:
+    """PostgREST errors raised on purpose by our SQL (PTxxx) keep their meaning."""
+    if exc.code == "PT429":
+        retry_after = exc.hint if exc.hint and str(exc.hint).isdigit() else "1"
+        return ApiError(429, "rate_limited", str(exc.message), {"Retry-After": str(retry_after)})
+    if exc.code == "PT404":
+        return not_found(str(exc.message))
+    if exc.code in ("PT401", "PGRST301", "PGRST302"):
+        return ApiError(401, "unauthorized", str(exc.message))
+    return ApiError(502, "database_error", "the database refused the request")

@@ -1,4 +1,4 @@
-"""The user API's operations: start a job, read one, list them. Always as the calling user."""
+"""Reading jobs: one, or a page of them. Always as the calling user, so RLS applies."""
 
 from __future__ import annotations
 
@@ -9,12 +9,10 @@ import uuid
 from typing import Any
 
 from postgrest.exceptions import APIError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared import db
 from shared.auth import User
-from shared.definitions import DefinitionError, InputError, parse_definition, validate_input
-from shared.errors import ApiError, bad_request, not_found
+from shared.errors import bad_request, not_found
 
 JOB_STATUSES = ("pending", "running", "completed", "failed", "awaiting_retry", "cancelled")
 JOB_COLUMNS = (
@@ -26,69 +24,6 @@ STEP_COLUMNS = (
     "step_id,transformer_id,status,attempt,max_attempts,next_attempt_at,started_at,completed_at,error"
 )
 DEFAULT_LIMIT, MAX_LIMIT = 50, 200
-
-
-class StartRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    workflow_id: str = Field(min_length=1, max_length=128)
-    input_data: dict[str, Any] = Field(default_factory=dict)
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
-
-
-def _first_problem(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "body"
-    return f"{where}: {err['msg']}"
-
-
-def _database_error(exc: APIError) -> ApiError:
-    """PostgREST errors raised on purpose by our SQL (PTxxx) keep their meaning."""
-    if exc.code == "PT429":
-        retry_after = exc.hint if exc.hint and str(exc.hint).isdigit() else "1"
-        return ApiError(429, "rate_limited", str(exc.message), {"Retry-After": str(retry_after)})
-    if exc.code == "PT404":
-        return not_found(str(exc.message))
-    if exc.code in ("PT401", "PGRST301", "PGRST302"):
-        return ApiError(401, "unauthorized", str(exc.message))
-    return ApiError(502, "database_error", "the database refused the request")
-
-
-def start(user: User, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    """Validate, then create the job in one SQL transaction. Returns (status, body)."""
-    try:
-        req = StartRequest.model_validate(body)
-    except ValidationError as exc:
-        raise bad_request(_first_problem(exc)) from exc
-    client = db.as_user(user.token)
-    try:
-        rows = db.rows(
-            client.table("workflows").select("version,definition")
-            .eq("id", req.workflow_id).eq("is_active", True).limit(1).execute().data
-        )
-    except APIError as exc:
-        raise _database_error(exc) from exc
-    if not rows:
-        raise not_found(f"workflow {req.workflow_id!r} not found")
-    try:
-        definition = parse_definition(rows[0]["definition"])
-        validate_input(definition, req.input_data)
-    except InputError as exc:
-        raise ApiError(400, "invalid_input", str(exc)) from exc
-    except DefinitionError as exc:
-        raise ApiError(422, "invalid_workflow", f"stored workflow is invalid: {exc}") from exc
-    try:
-        params: dict[str, Any] = {
-            "p_workflow_id": req.workflow_id,
-            "p_workflow_version": rows[0]["version"],
-            "p_input": req.input_data,
-            "p_idempotency_key": req.idempotency_key,
-        }
-        result = db.obj(client.rpc("start_job", params).execute().data)
-    except APIError as exc:
-        raise _database_error(exc) from exc
-    existing = bool(result.pop("existing", False))
-    return (200 if existing else 202), result
 
 
 def _public(job: dict[str, Any]) -> dict[str, Any]:
@@ -114,7 +49,7 @@ def get(user: User, job_id: str) -> dict[str, Any]:
             .select(f"{JOB_COLUMNS},job_steps({STEP_COLUMNS})").eq("id", job_id).execute().data
         )
     except APIError as exc:
-        raise _database_error(exc) from exc
+        raise db.api_error(exc) from exc
     if not rows:
         raise not_found(f"job {job_id} not found")
     return _public(rows[0])
@@ -167,7 +102,7 @@ def list_jobs(user: User, query: dict[str, str]) -> dict[str, Any]:
     except APIError as exc:
         if exc.code == "22007":  # a cursor whose timestamp Postgres cannot read
             raise bad_request("cursor is not valid") from exc
-        raise _database_error(exc) from exc
+        raise db.api_error(exc) from exc
     page = rows[:limit]
     return {
         "jobs": [_public(r) for r in page],

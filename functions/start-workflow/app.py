@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from shared import api, auth, jobs
+from shared import api, auth, start
 from shared.dispatch import kick_orchestrator
 
 
 def start_workflow(request: api.Request) -> api.Reply:
     user = auth.verify_user(request.headers)
-    status, body = jobs.start(user, request.json_object())
+    status, body = start.start_job(user, request.json_object())
     if status == 202:
         api.logger.info("job started", extra={"job_id": body["job_id"], "user_id": user.id})
         kick_orchestrator("job started", request.raw_event)

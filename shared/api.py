@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,12 +76,39 @@ class Request:
         if not data.strip():
             raise ApiError(400, "invalid_json", "request body must be a JSON object")
         try:
-            parsed = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            parsed = json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
+            _check_storable(parsed)
+        except (ValueError, UnicodeError) as exc:
             raise ApiError(400, "invalid_json", f"malformed JSON: {exc}") from exc
         if not isinstance(parsed, dict):
             raise ApiError(400, "invalid_json", "request body must be a JSON object")
         return parsed
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+def _check_storable(value: Any) -> None:
+    """What Postgres's jsonb cannot hold: NUL characters and lone UTF-16 surrogates."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("strings may not contain NUL (\\u0000)")
+        value.encode("utf-8")  # raises UnicodeEncodeError on a lone surrogate
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_storable(key)
+            _check_storable(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_storable(item)
 
 
 Endpoint = Callable[[Request], Reply]

@@ -213,7 +213,16 @@ def build_app(cfg: StackConfig) -> Starlette:
     async def on_shutdown() -> None:
         await rest.aclose()
 
-    return Starlette(routes=routes, on_shutdown=[on_shutdown])
+    async def no_route(request: Request, exc: Exception) -> Response:
+        # API Gateway's answers for paths and methods no route declares.
+        status = getattr(exc, "status_code", 404)
+        message = "Method Not Allowed" if status == 405 else "Not Found"
+        return JSONResponse({"message": message}, 404 if status not in (404, 405) else status)
+
+    app = Starlette(routes=routes, on_shutdown=[on_shutdown],
+                    exception_handlers={404: no_route, 405: no_route})
+    app.router.redirect_slashes = False  # API Gateway never redirects
+    return app
 
 
 def main() -> None:

@@ -168,7 +168,11 @@ def supervise(cfg: StackConfig) -> None:
                 last_pg_check = time.monotonic()
                 if not _postmaster_alive(cfg):
                     print("postgres is down; starting it", flush=True)
-                    postgres.start(cfg)
+                    try:
+                        postgres.start(cfg)
+                    except RuntimeError as exc:
+                        # Someone else may be restarting it (pg_ctl restart); retry next tick.
+                        print(f"postgres did not start ({exc}); retrying", flush=True)
     finally:
         ready_flag.unlink(missing_ok=True)
         for child in reversed(procs):

@@ -227,3 +227,14 @@ def test_concurrent_requests_never_mix_users(stack: Stack, api: Api, workflow: s
         owner, name = stack.sql("select user_id::text, input_data->>'name' from workflow.jobs"
                                 " where id = %s", (job_id,))[0]
         assert owner == user_id and name == user_id
+
+
+def test_json_postgres_cannot_store_is_refused(stack: Stack, api: Api, workflow: str) -> None:
+    user = stack.create_user()
+    for value in (b"NaN", b"-Infinity", b"1e400", b'"\\ud800"', b'"a\\u0000b"'):
+        raw = b'{"workflow_id": "%s", "input_data": {"name": "n", "x": %s}}' % (
+            workflow.encode(), value)
+        response = api.start(user.token, content=raw)
+        assert response.status_code == 400, (value, response.text)
+        assert response.json()["error"]["code"] == "invalid_json"
+    assert job_count(stack, user) == 0

@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: setup up down dev env status test lint bench example build-SharedLayer
+.PHONY: setup up down dev env status test lint bench example build-SharedLayer chaos
 
 setup:
 	@scripts/setup.sh
@@ -25,10 +25,19 @@ status:
 test: setup
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
+# The chaos soak: >= 1,000 workflows under random faults, on a stack of its own
+# (.stack-tests/chaos-*, ports 61421-61425); at most 15 minutes. CHAOS_ARGS="--seed 7" to replay.
+chaos: setup
+	@$(PY) -m bench.chaos $(CHAOS_ARGS)
+
 lint: setup
 	@$(PY) -m ruff check .
 	@$(PY) -m mypy shared stack tests bench
 	@for f in functions/*/app.py; do $(PY) -m mypy "$$f" | grep -v "^Success" || true; done
+
+# Benchmarks on their own stack (.stack-bench/, ports 55421-55425); ~25 min. BENCH_ARGS=--quick to try.
+bench: setup
+	@$(PY) -m bench.run_all $(BENCH_ARGS)
 
 # SAM builds the shared layer with this target (template.yaml: BuildMethod makefile).
 build-SharedLayer:

@@ -20,7 +20,7 @@ from shared import db, dispatch, mapping, state
 from shared.api import logger
 
 # Waiting for a retry that is due soon beats leaving it to the next cron tick.
-MAX_RETRY_WAIT_S = 2.0
+MAX_RETRY_WAIT_S = 5.0
 
 
 @dataclass

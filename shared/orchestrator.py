@@ -119,8 +119,9 @@ class Pass:
 
     async def run(self, budget_s: float) -> PassSummary:
         deadline = time.monotonic() + budget_s
-        self.summary.recovered = await state.recover_expired(self.client)
-        await self.finish_stranded()
+        # Housekeeping runs beside the first claim, not before it: a kicked pass
+        # should reach its job's first step in one round trip.
+        housekeeping = asyncio.create_task(self.housekeeping())
         inflight: set[asyncio.Task[None]] = set()
         while True:
             left = deadline - time.monotonic()
@@ -147,7 +148,13 @@ class Pass:
             for task in done:
                 if task.exception() is not None:
                     logger.error("step task failed", exc_info=task.exception())
+        await housekeeping
         return self.summary
+
+    async def housekeeping(self) -> None:
+        """Expired leases become retryable failures; stranded finished jobs get finished."""
+        self.summary.recovered = await state.recover_expired(self.client)
+        await self.finish_stranded()
 
 
 async def run_pass(base_url: str, budget_s: float, concurrency: int = 32,

@@ -25,10 +25,12 @@ class Settings:
     functions_url: str
     max_body_bytes: int
     jwt_leeway_s: int
+    rest_url_override: str = ""
 
     @property
     def rest_url(self) -> str:
-        return f"{self.supabase_url.rstrip('/')}/rest/v1"
+        """PostgREST: behind the project's API gateway, or reached directly when configured."""
+        return self.rest_url_override or f"{self.supabase_url.rstrip('/')}/rest/v1"
 
     @property
     def jwks_url(self) -> str:
@@ -47,4 +49,5 @@ def settings() -> Settings:
         functions_url=env.get("SUPAFLOW_FUNCTIONS_URL", "").rstrip("/"),
         max_body_bytes=_int("SUPAFLOW_MAX_BODY_BYTES", 1024 * 1024),
         jwt_leeway_s=_int("SUPAFLOW_JWT_LEEWAY_S", 30),
+        rest_url_override=env.get("SUPAFLOW_REST_URL", "").rstrip("/"),
     )

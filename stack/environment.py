@@ -30,6 +30,9 @@ def function_environment(cfg: StackConfig, sec: StackSecrets) -> dict[str, str]:
         "SUPABASE_JWT_SECRET": sec.jwt_secret,
         "SUPAFLOW_INTERNAL_TOKEN": sec.internal_token,
         "SUPAFLOW_FUNCTIONS_URL": cfg.api_url,
+        # The functions skip the gateway's /rest/v1 proxy, as a function next to the
+        # database would; clients still use SUPABASE_URL.
+        "SUPAFLOW_REST_URL": cfg.rest_url,
         "S3_ENDPOINT_URL": cfg.s3_url,
         "AWS_ACCESS_KEY_ID": "local",
         "AWS_SECRET_ACCESS_KEY": "local",

@@ -13,6 +13,7 @@ from shared.settings import settings
 # Long enough to deliver the request, too short to wait for its answer: the
 # orchestrator keeps running after we hang up (the gateway and Lambda both do).
 KICK_TIMEOUT = httpx.Timeout(connect=0.5, read=0.002, write=0.5, pool=0.5)
+KICK_REASON = "job started"
 
 
 @cache

@@ -11,7 +11,8 @@ import os
 from typing import Any
 
 from shared import api, auth, orchestrator
-from shared.dispatch import functions_url
+from shared.dispatch import KICK_REASON, functions_url
+from shared.errors import ApiError
 
 # Leave this much of the function's timeout for the last answers to arrive.
 MARGIN_S = 15.0
@@ -25,11 +26,12 @@ def _budget_s(context: Any) -> float:
     return configured
 
 
-def _run_pass(event: dict[str, Any], context: Any) -> dict[str, int]:
+def _run_pass(event: dict[str, Any], context: Any, reason: str = "schedule") -> dict[str, int]:
     summary = asyncio.run(orchestrator.run_pass(
         functions_url(event), _budget_s(context),
         concurrency=int(os.environ.get("SUPAFLOW_ORCHESTRATOR_CONCURRENCY", "32")),
         batch=int(os.environ.get("SUPAFLOW_ORCHESTRATOR_BATCH", "16")),
+        housekeeping=reason != KICK_REASON,
     ))
     api.logger.info("orchestrator pass", extra=summary.as_dict())
     return summary.as_dict()
@@ -37,8 +39,13 @@ def _run_pass(event: dict[str, Any], context: Any) -> dict[str, int]:
 
 def orchestrate(request: api.Request) -> api.Reply:
     auth.verify_internal(request.headers)
-    request.body()  # size-checked; the body (a reason) is informational only
-    return api.Reply(200, _run_pass(request.raw_event, request.context))
+    try:
+        reason = str(request.json_object().get("reason", "manual"))
+    except ApiError as err:
+        if err.status == 413:
+            raise
+        reason = "manual"  # the body is optional
+    return api.Reply(200, _run_pass(request.raw_event, request.context, reason))
 
 
 _http_handler = api.handler_for(orchestrate)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from shared import api, auth, start
-from shared.dispatch import kick_orchestrator
+from shared.dispatch import KICK_REASON, kick_orchestrator
 
 
 def start_workflow(request: api.Request) -> api.Reply:
@@ -11,7 +11,7 @@ def start_workflow(request: api.Request) -> api.Reply:
     status, body = start.start_job(user, request.json_object())
     if status == 202:
         api.logger.info("job started", extra={"job_id": body["job_id"], "user_id": user.id})
-        kick_orchestrator("job started", request.raw_event)
+        kick_orchestrator(KICK_REASON, request.raw_event)
     return api.Reply(status, body)
 
 

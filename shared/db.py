@@ -13,6 +13,7 @@ import httpx
 from postgrest import AsyncPostgrestClient, SyncPostgrestClient
 from postgrest.exceptions import APIError
 
+from shared import tls
 from shared.errors import ApiError, not_found
 from shared.settings import settings
 
@@ -24,6 +25,7 @@ def _http() -> httpx.Client:
     return httpx.Client(
         timeout=httpx.Timeout(30.0, connect=5.0),
         limits=httpx.Limits(max_connections=100, max_keepalive_connections=50),
+        verify=tls.context(),
     )
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 
+from shared import tls
 from shared.api import logger
 from shared.settings import settings
 
@@ -18,7 +19,8 @@ KICK_REASON = "job started"
 
 @cache
 def _http() -> httpx.Client:
-    return httpx.Client(limits=httpx.Limits(max_connections=20, max_keepalive_connections=0))
+    return httpx.Client(limits=httpx.Limits(max_connections=20, max_keepalive_connections=0),
+                        verify=tls.context())
 
 
 def internal_headers() -> dict[str, str]:

@@ -8,6 +8,7 @@ passes may run at once: claims are SKIP LOCKED and leases fence late results.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -16,11 +17,86 @@ import httpx
 from postgrest import AsyncPostgrestClient
 from postgrest.exceptions import APIError
 
-from shared import db, dispatch, mapping, state
+from shared import db, dispatch, mapping, state, tls
 from shared.api import logger
 
 # Waiting for a retry that is due soon beats leaving it to the next cron tick.
 MAX_RETRY_WAIT_S = 5.0
+# A kick joins a draining pass only if that pass has this long left to serve it.
+JOIN_MIN_LEFT_S = 2.0
+
+
+class Wakeup:
+    """How a kick reaches a pass that is already draining, from another thread.
+
+    `pending` says a job was started since the pass last claimed; the pass
+    claims again before it stops, so the kicked job never waits for cron.
+    """
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.pending = False
+        self._loop = asyncio.get_running_loop()
+        self._event = asyncio.Event()
+
+    def set(self) -> None:
+        self.pending = True
+        self._loop.call_soon_threadsafe(self._event.set)
+
+    async def wait(self, timeout: float) -> None:
+        """Until a kick arrives or `timeout` passes."""
+        waiter = self.waiter()
+        await asyncio.wait({waiter}, timeout=timeout)
+        waiter.cancel()
+
+    def waiter(self) -> asyncio.Task[None]:
+        """A task that ends at the next kick (and re-arms the event for the one after)."""
+        async def next_kick() -> None:
+            await self._event.wait()
+            self._event.clear()
+        return asyncio.create_task(next_kick())
+
+
+class KickedPasses:
+    """At most one kicked pass drains per process; later kicks wake it instead of
+    starting another pass (one new pass per job started cost more than the job).
+
+    On Lambda an instance serves one request at a time, so there every kick
+    starts its own pass and this changes nothing; in the local gateway, where
+    the functions share a process, it keeps passes from piling up under load.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active: Wakeup | None = None
+
+    def join_or_register(self, wakeup: Wakeup) -> bool:
+        """True: a draining pass took the kick. False: `wakeup`'s pass is now the one."""
+        with self._lock:
+            active = self._active
+            if active is not None and active.deadline - time.monotonic() > JOIN_MIN_LEFT_S:
+                active.set()
+                return True
+            self._active = wakeup
+            return False
+
+    def may_stop(self, wakeup: Wakeup) -> bool:
+        """False while a kick is pending and time is left: claim once more first."""
+        with self._lock:
+            if wakeup.pending and time.monotonic() < wakeup.deadline:
+                return False
+            self.unregister(wakeup, locked=True)
+            return True
+
+    def unregister(self, wakeup: Wakeup, locked: bool = False) -> None:
+        if not locked:
+            with self._lock:
+                self.unregister(wakeup, locked=True)
+        elif self._active is wakeup:
+            self._active = None
+
+
+kicked_passes = KickedPasses()
 
 
 @dataclass
@@ -34,6 +110,7 @@ class PassSummary:
     recovered: int = 0
     jobs_finished: int = 0
     undelivered: int = 0
+    joined: int = 0
     duration_ms: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -42,26 +119,21 @@ class PassSummary:
 
 class Pass:
     def __init__(self, client: AsyncPostgrestClient, http: httpx.AsyncClient, base_url: str,
-                 concurrency: int, batch: int) -> None:
+                 concurrency: int, batch: int, wakeup: Wakeup) -> None:
         self.client = client
         self.http = http
         self.base_url = base_url
         self.concurrency = concurrency
         self.batch = batch
+        self.wakeup = wakeup
         self.summary = PassSummary()
 
     async def finish_job(self, job: dict[str, Any]) -> None:
-        """Store final_result; an output mapping that cannot resolve fails the job."""
-        keys = {"job_id": job["job_id"]}
-        try:
-            result = state.final_result(job)
-        except mapping.MappingError as exc:
-            await state.fail_job(self.client, job["job_id"], f"output mapping: {exc}")
-            logger.warning("job failed: output mapping", extra={**keys, "error": str(exc)})
-            return
-        if (await state.finish(self.client, job["job_id"], result)).get("accepted"):
+        outcome = await state.finish_async(self.client, job)
+        if outcome == "completed":
             self.summary.jobs_finished += 1
-            logger.info("job completed", extra=keys)
+        if outcome:
+            logger.info(f"job {outcome}", extra={"job_id": job["job_id"]})
 
     async def finish_stranded(self) -> None:
         for job in await state.finishable(self.client):
@@ -97,7 +169,7 @@ class Pass:
             return
         self._count(outcome.get("outcome"))
         logger.info("step dispatched", extra={**keys, "outcome": outcome.get("outcome")})
-        if outcome.get("finishable"):
+        if outcome.get("finishable"):  # the executor could not finish the job itself
             for job in await state.finishable(self.client, 1, step.job_id):
                 await self.finish_job(job)
 
@@ -117,38 +189,49 @@ class Pass:
                     "failed" if result.get("accepted") else "stale")
         logger.warning("step failed before dispatch", extra={**step.log_keys(), "error": error})
 
-    async def run(self, budget_s: float, housekeeping_too: bool) -> PassSummary:
-        deadline = time.monotonic() + budget_s
+    async def run(self, housekeeping_too: bool) -> PassSummary:
+        deadline = self.wakeup.deadline
         # Housekeeping runs beside the first claim, not before it: a kicked pass
         # should reach its job's first step in one round trip.
         housekeeping = asyncio.create_task(
             self.housekeeping() if housekeeping_too else asyncio.sleep(0))
         inflight: set[asyncio.Task[None]] = set()
-        while True:
-            left = deadline - time.monotonic()
-            room = self.concurrency - len(inflight)
-            claimed: list[state.ClaimedStep] = []
-            if left > 0 and room > 0:
-                claimed = await state.claim(self.client, min(self.batch, room))
-                self.summary.claimed += len(claimed)
-                inflight.update(asyncio.create_task(self.run_step(s)) for s in claimed)
-                if len(claimed) == min(self.batch, room) and len(inflight) < self.concurrency:
-                    continue  # more may be waiting: claim again before waiting
-            if not inflight:
-                due = await state.next_due_in(self.client) if left > 0 else None
-                if due is None or due > min(MAX_RETRY_WAIT_S, left):
+        kicked = self.wakeup.waiter()
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                room = self.concurrency - len(inflight)
+                if left > 0 and room > 0:
+                    self.wakeup.pending = False  # this claim sees every job started so far
+                    claimed = await state.claim(self.client, min(self.batch, room))
+                    self.summary.claimed += len(claimed)
+                    inflight.update(asyncio.create_task(self.run_step(s)) for s in claimed)
+                    if len(claimed) == min(self.batch, room) and len(inflight) < self.concurrency:
+                        continue  # more may be waiting: claim again before waiting
+                if not inflight:
+                    due = await state.next_due_in(self.client) if left > 0 else None
+                    if due is None or due > min(MAX_RETRY_WAIT_S, left):
+                        if kicked_passes.may_stop(self.wakeup):
+                            break
+                        continue
+                    await self.wakeup.wait(max(due, 0.02))
+                    continue
+                if left <= 0:
+                    # Out of time: the executors still record their outcomes themselves.
+                    await asyncio.wait(inflight, timeout=2.0)
                     break
-                await asyncio.sleep(max(due, 0.02))
-                continue
-            if left <= 0:
-                # Out of time: the executors still record their outcomes themselves.
-                await asyncio.wait(inflight, timeout=2.0)
-                break
-            done, inflight = await asyncio.wait(inflight, timeout=left,
-                                                return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task.exception() is not None:
-                    logger.error("step task failed", exc_info=task.exception())
+                done, _ = await asyncio.wait(inflight | {kicked}, timeout=left,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if kicked in done:
+                    done.discard(kicked)
+                    kicked = self.wakeup.waiter()
+                inflight.difference_update(done)
+                for task in done:
+                    if task.exception() is not None:
+                        logger.error("step task failed", exc_info=task.exception())
+        finally:
+            kicked.cancel()
+            kicked_passes.unregister(self.wakeup)
         await housekeeping
         return self.summary
 
@@ -159,18 +242,25 @@ class Pass:
 
 
 async def run_pass(base_url: str, budget_s: float, concurrency: int = 32,
-                   batch: int = 16, housekeeping: bool = True) -> PassSummary:
-    """`housekeeping` False (the passes start-workflow kicks, one per job) leaves lease
-    recovery and stranded jobs to the scheduled passes, saving two RPCs per start."""
+                   batch: int = 16, kicked: bool = False) -> PassSummary:
+    """A kicked pass (start-workflow kicks one per job) joins a pass already draining
+    in this process when there is one, and leaves lease recovery and stranded jobs
+    to the scheduled passes, saving two RPCs per start."""
     started = time.monotonic()
+    wakeup = Wakeup(started + budget_s)
+    if kicked and kicked_passes.join_or_register(wakeup):
+        return PassSummary(joined=1)
     limits = httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8)
-    async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(30.0, connect=5.0)) as http:
-        client = db.as_service_async(http)
-        try:
-            summary = await Pass(client, http, base_url, concurrency, batch).run(
-                budget_s, housekeeping)
-        except (APIError, httpx.HTTPError) as exc:
-            logger.error("orchestrator pass stopped: database unreachable", extra={"error": str(exc)})
-            raise
+    try:
+        async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(30.0, connect=5.0),
+                                     verify=tls.context()) as http:
+            client = db.as_service_async(http)
+            summary = await Pass(client, http, base_url, concurrency, batch, wakeup).run(
+                housekeeping_too=not kicked)
+    except (APIError, httpx.HTTPError) as exc:
+        logger.error("orchestrator pass stopped: database unreachable", extra={"error": str(exc)})
+        raise
+    finally:
+        kicked_passes.unregister(wakeup)
     summary.duration_ms = int((time.monotonic() - started) * 1000)
     return summary

@@ -55,6 +55,23 @@ def final_result(job: dict[str, Any]) -> Any:
     return mapping.resolve(output, mapping_context(job["input_data"], job["step_data"] or {}))
 
 
+def finish_call(job: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The RPC that ends a job whose steps are all complete: finish_job with its
+    final_result, or fail_job when the output mapping cannot resolve."""
+    try:
+        result = final_result(job)
+    except mapping.MappingError as exc:
+        return "fail_job", {"p_job_id": job["job_id"], "p_message": f"output mapping: {exc}"}
+    return "finish_job", {"p_job_id": job["job_id"], "p_final_result": result}
+
+
+def _finish_outcome(fn: str, data: Any) -> str:
+    """`completed`, `failed` (output mapping), or `` when another caller finished it first."""
+    if fn == "fail_job":
+        return "failed"
+    return "completed" if db.obj(data).get("accepted") else ""
+
+
 # Executors (synchronous) --------------------------------------------------------
 
 def complete(client: SyncPostgrestClient, job_id: str, step_id: str, lease_token: str,
@@ -62,6 +79,12 @@ def complete(client: SyncPostgrestClient, job_id: str, step_id: str, lease_token
     params: dict[str, Any] = {"p_job_id": job_id, "p_step_id": step_id,
                               "p_lease_token": lease_token, "p_output": output}
     return db.obj(client.rpc("complete_step", params).execute().data)
+
+
+def finish(client: SyncPostgrestClient, job: dict[str, Any]) -> str:
+    """End the job whose last step this executor completed (see _finish_outcome)."""
+    fn, params = finish_call(job)
+    return _finish_outcome(fn, client.rpc(fn, params).execute().data)
 
 
 def fail(client: SyncPostgrestClient, job_id: str, step_id: str, lease_token: str,
@@ -103,13 +126,10 @@ async def finishable(client: AsyncPostgrestClient, limit: int = 50,
     return db.rows(response.data)
 
 
-async def finish(client: AsyncPostgrestClient, job_id: str, result: Any) -> dict[str, Any]:
-    params: dict[str, Any] = {"p_job_id": job_id, "p_final_result": result}
-    return db.obj((await client.rpc("finish_job", params).execute()).data)
-
-
-async def fail_job(client: AsyncPostgrestClient, job_id: str, message: str) -> None:
-    await client.rpc("fail_job", {"p_job_id": job_id, "p_message": message}).execute()
+async def finish_async(client: AsyncPostgrestClient, job: dict[str, Any]) -> str:
+    """finish() for the orchestrator, which sweeps up jobs whose finisher died."""
+    fn, params = finish_call(job)
+    return _finish_outcome(fn, (await client.rpc(fn, params).execute()).data)
 
 
 async def next_due_in(client: AsyncPostgrestClient) -> float | None:

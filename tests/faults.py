@@ -615,14 +615,22 @@ def _orchestrate_main(budget_s: float, passes: int, base_url: str) -> int:
     _function_env()
     from shared.orchestrator import PassSummary, run_pass
 
-    async def main() -> list[PassSummary]:
+    async def main() -> None:
         # A short pass first: lease recovery and stranded jobs are done before we say we are ready.
         await run_pass(base_url, 0.01)
         print("pass starting", flush=True)
-        return await asyncio.gather(*(run_pass(base_url, budget_s) for _ in range(passes)))
+        deadline = time.monotonic() + budget_s
+        # A pass that finds nothing runnable ends at once, so start passes again until the
+        # budget ends (or the test kills us): jobs started after we are ready still find one.
+        while time.monotonic() < deadline:
+            summaries: list[PassSummary] = await asyncio.gather(
+                *(run_pass(base_url, deadline - time.monotonic()) for _ in range(passes)))
+            for summary in summaries:
+                if summary.claimed:
+                    print(json.dumps(summary.as_dict()), flush=True)
+            await asyncio.sleep(0.02)
 
-    for summary in asyncio.run(main()):
-        print(json.dumps(summary.as_dict()), flush=True)
+    asyncio.run(main())
     return 0
 
 

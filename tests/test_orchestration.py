@@ -438,3 +438,78 @@ def test_two_orchestrators_dispatch_each_step_once(stack: Stack, no_cron: None) 
     assert len(rows) == 200
     assert set(rows) == {("completed", 1, 1, 1)}, summaries
     assert sum(s["claimed"] for s in summaries) <= 200
+
+
+class _HeldReceiver(BaseHTTPRequestHandler):
+    """A webhook that answers only when the test lets it: its step stays in flight until then."""
+
+    arrived = threading.Event()
+    release = threading.Event()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.arrived.set()
+        self.release.wait(30)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_kick_joins_the_pass_already_draining(stack: Stack, api: Api, no_cron: None) -> None:
+    """While a kicked pass waits on a slow step, a second kick wakes that pass, which
+    claims the new job at once, instead of starting a pass of its own."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _HeldReceiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _HeldReceiver.arrived.clear()
+    _HeldReceiver.release.clear()
+    try:
+        hook = add_transformer(stack, "webhook_call", "execute-webhook-call", {
+            "url": f"http://127.0.0.1:{server.server_address[1]}/hook",
+            "secret_env_var": "SUPAFLOW_WEBHOOK_SECRET"})
+        user = stack.create_user()
+        slow_job = start(api, user, create_workflow(
+            stack, {"steps": [{"id": "hook", "transformer": hook, "inputs": {"body": {}}}]}), {})
+        assert _HeldReceiver.arrived.wait(20), "the slow step was never dispatched"
+        quick_job, _ = _pending_job(stack)  # created in SQL: nobody kicked for it yet
+        kick = httpx.post(f"{stack.api_url}/internal/orchestrator", json={"reason": "job started"},
+                          headers=stack.internal_headers(), timeout=10)
+        assert kick.status_code == 200 and kick.json()["joined"] == 1, kick.text
+        assert kick.json()["claimed"] == 0
+        # Done by the woken pass while the slow step is still in flight.
+        assert wait_status(stack, quick_job, "completed", timeout_s=5) == "completed"
+        assert api.request("GET", f"/jobs/{slow_job}", user.token).json()["status"] == "running"
+    finally:
+        _HeldReceiver.release.set()
+        server.shutdown()
+    assert wait_job(api, user, slow_job)["status"] == "completed"
+
+
+def test_an_output_mapping_that_cannot_resolve_fails_the_job(stack: Stack, api: Api) -> None:
+    _, job = run_workflow(stack, api, {
+        "steps": [{"id": "only", "transformer": "transform", "inputs": {"x": "$.input.x"}}],
+        "output": {"y": "$.steps.only.output.y"}}, {"x": 1})
+    assert job["status"] == "failed", job
+    assert job["error_message"] == "output mapping: $.steps.only.output.y: no key 'y'"
+    assert job["final_result"] is None and job["step_data"] == {"only": {"x": 1}}
+    assert_consistent_log(stack, job)
+
+
+def test_a_job_whose_finisher_died_is_finished_by_the_next_scheduled_pass(
+        stack: Stack, no_cron: None) -> None:
+    job_id, _ = _pending_job(stack, hold=True)
+    claimed = _claim_own(stack, job_id)
+    with _service(stack) as rpc:  # an executor that records its step, then dies
+        recorded = rpc.post("/complete_step", json={
+            "p_job_id": job_id, "p_step_id": "only", "p_lease_token": claimed["lease_token"],
+            "p_output": {"done": True}}).json()
+    assert recorded["finishable"] is True and recorded["finish"]["job_id"] == job_id
+    assert stack.sql("select status from workflow.jobs where id = %s", (job_id,)) == [("running",)]
+    summary = httpx.post(f"{stack.api_url}/internal/orchestrator", json={},
+                         headers=stack.internal_headers(), timeout=90).json()
+    assert summary["jobs_finished"] >= 1, summary
+    assert stack.sql("select status, final_result from workflow.jobs where id = %s",
+                     (job_id,)) == [("completed", {"done": True})]

@@ -31,7 +31,7 @@ def _run_pass(event: dict[str, Any], context: Any, reason: str = "schedule") -> 
         functions_url(event), _budget_s(context),
         concurrency=int(os.environ.get("SUPAFLOW_ORCHESTRATOR_CONCURRENCY", "32")),
         batch=int(os.environ.get("SUPAFLOW_ORCHESTRATOR_BATCH", "16")),
-        housekeeping=reason != KICK_REASON,
+        kicked=reason == KICK_REASON,
     ))
     api.logger.info("orchestrator pass", extra=summary.as_dict())
     return summary.as_dict()

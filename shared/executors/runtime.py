@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+from postgrest import SyncPostgrestClient
 from postgrest.exceptions import APIError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -95,4 +96,18 @@ def handle(request: api.Request, execute: Execute) -> api.Reply:
     outcome = _outcome(recorded)
     api.logger.info("step recorded", extra={**keys, "outcome": outcome,
                                             "duration_ms": int((ctx.timeout_s - ctx.remaining_s()) * 1000)})
-    return api.Reply(200, {"outcome": outcome, "finishable": bool(recorded.get("finishable"))})
+    finishable = bool(recorded.get("finish")) and not _finish_job(client, recorded["finish"], keys)
+    return api.Reply(200, {"outcome": outcome, "finishable": finishable})
+
+
+def _finish_job(client: SyncPostgrestClient, job: dict[str, Any], keys: dict[str, Any]) -> bool:
+    """This step was the job's last: finish the job now. False leaves it to the orchestrator."""
+    try:
+        finished = state.finish(client, job)
+    except (APIError, httpx.HTTPError) as exc:
+        api.logger.warning("finishing the job failed; the orchestrator will",
+                           extra={**keys, "error": str(exc)})
+        return False
+    if finished:
+        api.logger.info(f"job {finished}", extra={"job_id": keys["job_id"]})
+    return True

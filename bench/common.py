@@ -459,7 +459,8 @@ class CpuMeter:
         out: dict[str, float] = {}
         for name in ("gateway", "postgrest"):
             pid = self.stack.pid_of(name)
-            out[name] = _proc_cpu(pid) if pid else 0.0
+            # The gateway's worker processes are its children (SUPAFLOW_GATEWAY_WORKERS).
+            out[name] = _proc_cpu(pid) + sum(_proc_cpu(c) for c in _children_of(pid)) if pid else 0.0
         pm = self.stack.postmaster_pid()
         if pm:
             out["postgres"] = _proc_cpu(pm, children=True) + sum(_proc_cpu(c) for c in _children_of(pm))

@@ -170,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             stdout=subprocess.DEVNULL)
         time.sleep(10)  # users, two 3 s ceilings, then the starts
         log(f"sampling the gateway (pid {pid}) for {args.seconds:.0f} s")
-        subprocess.run([spy, "record", "-p", str(pid), "--gil", "--nonblocking", "-r", str(args.rate),
-                        "-d", str(int(args.seconds)), "-f", "raw", "-o", str(raw)],
+        subprocess.run([spy, "record", "-p", str(pid), "--subprocesses", "--gil", "--nonblocking",
+                        "-r", str(args.rate), "-d", str(int(args.seconds)), "-f", "raw", "-o", str(raw)],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         load.wait()
     result = summarise(raw)

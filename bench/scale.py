@@ -77,13 +77,13 @@ def add_history(stack: BenchStack, user_id: str, workflow_id: str, steps: int) -
                 with j as (
                   insert into workflow.jobs (user_id, workflow_id, workflow_version, status,
                     input_data, step_data, final_result, created_at, started_at, completed_at,
-                    last_updated_at, state_history, event_seq)
+                    last_updated_at, state_history)
                   select %(u)s, %(wf)s, v.version, 'completed', jsonb_build_object('n', g),
                          jsonb_build_object('s1', jsonb_build_object('n', g),
                                             's2', jsonb_build_object('n', g),
                                             's3', jsonb_build_object('n', g)),
                          jsonb_build_object('n', g), t, t, t + interval '50 ms',
-                         t + interval '50 ms', '[]'::jsonb, 0
+                         t + interval '50 ms', '[]'::jsonb
                   from generate_series(1, %(n)s) g,
                        (select max(version) as version from workflow.workflow_versions
                         where workflow_id = %(wf)s) v,

@@ -5,16 +5,21 @@
 - every HttpApi route of template.yaml -> its handler, called with an API Gateway v2 event
 
 Handlers run in worker threads and are shielded from client disconnects, as a
-Lambda invocation keeps running when its caller goes away.
+Lambda invocation keeps running when its caller goes away. The gateway runs
+SUPAFLOW_GATEWAY_WORKERS processes (default 2): the functions are separate
+processes on Lambda, and one process's GIL capped the local stack at ~0.9 cores.
 """
 
 from __future__ import annotations
 
 import base64
+import ctypes
+import ctypes.util
 import importlib.util
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -40,6 +45,7 @@ from stack.secrets import load
 log = logging.getLogger("gateway")
 
 API_GATEWAY_MAX_BODY = 10 * 1024 * 1024
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 HOP_BY_HOP = {
     "connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
     "proxy-authorization", "proxy-authenticate", "host", "content-length",
@@ -225,15 +231,32 @@ def build_app(cfg: StackConfig) -> Starlette:
     return app
 
 
+def _die_with_parent() -> None:
+    """A worker must not outlive the gateway: a SIGKILLed gateway (the failure tests do
+    that) would otherwise leave its workers serving, and a restart beside them."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %s", ctypes.get_errno())
+    if os.getppid() == 1:  # the parent died before prctl
+        os._exit(1)
+
+
+def create_app() -> Starlette:
+    """The app of one gateway worker process (uvicorn's factory)."""
+    _die_with_parent()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    return build_app(StackConfig.from_env())
+
+
 def main() -> None:
     import uvicorn
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     cfg = StackConfig.from_env()
     uvicorn.run(
-        build_app(cfg), host=cfg.host, port=cfg.api_port, log_level="warning",
-        access_log=False, timeout_keep_alive=30,
+        "stack.gateway:create_app", factory=True, host=cfg.host, port=cfg.api_port,
+        workers=int(os.environ.get("SUPAFLOW_GATEWAY_WORKERS", "2")),
+        log_level="warning", access_log=False, timeout_keep_alive=30,
     )
 
 

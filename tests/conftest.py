@@ -127,3 +127,15 @@ def create_workflow(
         (wid, psycopg.types.json.Jsonb(definition), active),
     )
     return wid
+
+
+@pytest.fixture
+def no_cron(stack: Stack) -> Iterator[None]:
+    """Pause the pg_cron safety net, to show the engine drains without it
+    (or to keep its passes from taking a test's steps)."""
+    (command,) = stack.sql("select command from cron.job where jobname = 'supaflow-orchestrator'")
+    stack.sql("select cron.unschedule('supaflow-orchestrator')")
+    try:
+        yield
+    finally:
+        stack.sql("select cron.schedule('supaflow-orchestrator', '* * * * *', %s)", (command[0],))

@@ -140,12 +140,13 @@ def test_executor_killed_mid_step(stack: Stack, user: User, rec: Receiver) -> No
     assert found.lease_recoveries >= 1
 
 
-def test_orchestrator_killed_mid_dispatch(stack: Stack, user: User, rec: Receiver) -> None:
+def test_orchestrator_killed_mid_dispatch(stack: Stack, user: User, rec: Receiver,
+                                         no_cron: None) -> None:
     batch = new_batch(stack, rec, slow_ms=0, hook_timeout_s=2)
     with faults.dispatch_proxy(stack.api_url) as proxy:
         # Passes in a process of their own dispatch through a proxy that holds every dispatch,
         # and die with them in flight. The jobs start over RPC, so no kick starts another pass
-        # (pg_cron's, and those still running from earlier starts, take a share of the steps).
+        # (pg_cron's passes are paused; those still running from earlier starts may take a share).
         external = faults.ExternalOrchestrator(stack.cfg, budget_s=60, passes=6, base_url=proxy.url)
         try:
             external.wait_ready()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import threading
@@ -16,6 +17,8 @@ import httpx
 import pytest
 
 from shared.executors.webhook_call import verify_signature
+from shared.orchestrator import run_pass
+from shared.settings import settings
 from stack.demo import run as run_demo
 from stack.demo import sine_wav
 from tests.api_client import Api
@@ -45,17 +48,6 @@ DIAMOND = {
     ],
     "output": {"summary": "$.steps.d.output", "input": "$.input.n"},
 }
-
-
-@pytest.fixture
-def no_cron(stack: Stack) -> Iterator[None]:
-    """Pause the pg_cron safety net, to show the engine drains without it."""
-    (command,) = stack.sql("select command from cron.job where jobname = 'supaflow-orchestrator'")
-    stack.sql("select cron.unschedule('supaflow-orchestrator')")
-    try:
-        yield
-    finally:
-        stack.sql("select cron.schedule('supaflow-orchestrator', '* * * * *', %s)", (command[0],))
 
 
 def test_a_dag_runs_to_completion_without_cron(stack: Stack, api: Api, no_cron: None) -> None:
@@ -130,11 +122,13 @@ def _service(stack: Stack) -> httpx.Client:
         **stack.service_headers(), "Content-Profile": "workflow", "Accept-Profile": "workflow"})
 
 
-def _pending_job(stack: Stack, *, hold: bool = False) -> tuple[str, str]:
-    """A job created in SQL (no kick). `hold` keeps its step out of every orchestrator's
-    reach (due in an hour, retries an hour apart), for driving the state machine by hand."""
+def _pending_job(stack: Stack, *, hold: bool = False,
+                 step: dict[str, Any] | None = None) -> tuple[str, str]:
+    """A one-step job created in SQL (no kick). `hold` keeps its step out of every
+    orchestrator's reach (due in an hour, retries an hour apart), for driving the state
+    machine by hand."""
     user = stack.create_user()
-    step: dict[str, Any] = {"id": "only", "transformer": "transform"}
+    step = step or {"id": "only", "transformer": "transform"}
     if hold:
         step["retry"] = {"max_retries": 3, "initial_delay_s": 3600, "max_delay_s": 3600}
     wid = create_workflow(stack, {"steps": [step]})
@@ -459,33 +453,45 @@ class _HeldReceiver(BaseHTTPRequestHandler):
         pass
 
 
-def test_a_kick_joins_the_pass_already_draining(stack: Stack, api: Api, no_cron: None) -> None:
-    """While a kicked pass waits on a slow step, a second kick wakes that pass, which
-    claims the new job at once, instead of starting a pass of its own."""
+@pytest.fixture
+def function_env(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process configured as a function of the stack, to run orchestrator passes here."""
+    for key, value in stack.env().items():
+        monkeypatch.setenv(key, value)
+    settings.cache_clear()
+    yield
+    settings.cache_clear()
+
+
+def test_a_kick_joins_the_pass_already_draining(
+        stack: Stack, no_cron: None, function_env: None) -> None:
+    """While a kicked pass waits on a slow step, a second kick in the same process wakes
+    that pass, which claims the new job at once, instead of starting a pass of its own."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _HeldReceiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     _HeldReceiver.arrived.clear()
     _HeldReceiver.release.clear()
-    try:
-        hook = add_transformer(stack, "webhook_call", "execute-webhook-call", {
-            "url": f"http://127.0.0.1:{server.server_address[1]}/hook",
-            "secret_env_var": "SUPAFLOW_WEBHOOK_SECRET"})
-        user = stack.create_user()
-        slow_job = start(api, user, create_workflow(
-            stack, {"steps": [{"id": "hook", "transformer": hook, "inputs": {"body": {}}}]}), {})
-        assert _HeldReceiver.arrived.wait(20), "the slow step was never dispatched"
-        quick_job, _ = _pending_job(stack)  # created in SQL: nobody kicked for it yet
-        kick = httpx.post(f"{stack.api_url}/internal/orchestrator", json={"reason": "job started"},
-                          headers=stack.internal_headers(), timeout=10)
-        assert kick.status_code == 200 and kick.json()["joined"] == 1, kick.text
-        assert kick.json()["claimed"] == 0
-        # Done by the woken pass while the slow step is still in flight.
-        assert wait_status(stack, quick_job, "completed", timeout_s=5) == "completed"
-        assert api.request("GET", f"/jobs/{slow_job}", user.token).json()["status"] == "running"
-    finally:
-        _HeldReceiver.release.set()
-        server.shutdown()
-    assert wait_job(api, user, slow_job)["status"] == "completed"
+    hook = add_transformer(stack, "webhook_call", "execute-webhook-call", {
+        "url": f"http://127.0.0.1:{server.server_address[1]}/hook",
+        "secret_env_var": "SUPAFLOW_WEBHOOK_SECRET"})
+    slow_job, _ = _pending_job(stack, step={"id": "hook", "transformer": hook, "inputs": {"body": {}}})
+    with ThreadPoolExecutor(1) as pool:
+        draining = pool.submit(lambda: asyncio.run(run_pass(stack.api_url, 30, kicked=True)))
+        try:
+            assert _HeldReceiver.arrived.wait(20), "the slow step was never dispatched"
+            quick_job, _ = _pending_job(stack)
+            joined = asyncio.run(run_pass(stack.api_url, 30, kicked=True))
+            assert joined.joined == 1 and joined.claimed == 0, joined
+            # Done by the woken pass while the slow step is still in flight.
+            assert wait_status(stack, quick_job, "completed", timeout_s=5) == "completed"
+            assert stack.sql("select status from workflow.jobs where id = %s",
+                             (slow_job,)) == [("running",)]
+        finally:
+            _HeldReceiver.release.set()
+        summary = draining.result(timeout=30)
+    server.shutdown()
+    assert summary.claimed == 2 and summary.completed == 2, summary
+    assert wait_status(stack, slow_job, "completed") == "completed"
 
 
 def test_an_output_mapping_that_cannot_resolve_fails_the_job(stack: Stack, api: Api) -> None:

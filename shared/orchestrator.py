@@ -168,7 +168,7 @@ class Pass:
                 await self._fail(step, str(exc), retryable=exc.retryable)
             return
         self._count(outcome.get("outcome"))
-        logger.info("step dispatched", extra={**keys, "outcome": outcome.get("outcome")})
+        logger.debug("step dispatched", extra={**keys, "outcome": outcome.get("outcome")})
         if outcome.get("finishable"):  # the executor could not finish the job itself
             for job in await state.finishable(self.client, 1, step.job_id):
                 await self.finish_job(job)

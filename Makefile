@@ -35,7 +35,7 @@ lint: setup
 	@$(PY) -m mypy shared stack tests bench
 	@for f in functions/*/app.py; do $(PY) -m mypy "$$f" | grep -v "^Success" || true; done
 
-# Benchmarks on their own stack (.stack-bench/, ports 55421-55425); ~25 min. BENCH_ARGS=--quick to try.
+# Benchmarks on their own stack (.stack-bench/, ports 55421-55425); ~8 min (at most ~25). BENCH_ARGS=--quick to try.
 bench: setup
 	@$(PY) -m bench.run_all $(BENCH_ARGS)
 

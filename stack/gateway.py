@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -249,15 +250,33 @@ def create_app() -> Starlette:
     return build_app(StackConfig.from_env())
 
 
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """uvicorn's own socket for workers is created with protocol 0, so asyncio never sets
+    TCP_NODELAY on its connections and every keep-alive response waited ~40 ms for a
+    delayed ACK. This one names TCP, as asyncio's own servers do."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
 def main() -> None:
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
     cfg = StackConfig.from_env()
-    uvicorn.run(
+    config = uvicorn.Config(
         "stack.gateway:create_app", factory=True, host=cfg.host, port=cfg.api_port,
         workers=int(os.environ.get("SUPAFLOW_GATEWAY_WORKERS", "2")),
         log_level="warning", access_log=False, timeout_keep_alive=30,
     )
+    server = uvicorn.Server(config)
+    if config.workers > 1:
+        Multiprocess(config, target=server.run,
+                     sockets=[_listening_socket(cfg.host, cfg.api_port)]).run()
+    else:
+        server.run()
 
 
 if __name__ == "__main__":

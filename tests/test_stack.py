@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -312,3 +313,38 @@ def test_pg_cron_runs_a_scheduled_job(stack: Stack) -> None:
         assert status and status[0][0] == "succeeded", status
     finally:
         stack.sql("select cron.unschedule(%s)", (name,))
+
+
+def _nodelay_of_accepted(listening: socket.socket) -> int:
+    """TCP_NODELAY on a connection asyncio accepts on `listening`, as a uvicorn worker does."""
+
+    async def main() -> int:
+        accepted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                sock = transport.get_extra_info("socket")
+                accepted.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                transport.close()
+
+        server = await asyncio.get_running_loop().create_server(Probe, sock=listening)
+        port = listening.getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            return await asyncio.wait_for(accepted, 5)
+        finally:
+            writer.close()
+            server.close()
+
+    return asyncio.run(main())
+
+
+def test_gateway_workers_get_tcp_nodelay_connections() -> None:
+    """Without TCP_NODELAY every kept-alive response waited ~40 ms for a delayed ACK:
+    the socket uvicorn makes for its workers names no protocol, so asyncio skips it."""
+    from stack.gateway import _listening_socket
+
+    assert _nodelay_of_accepted(_listening_socket("127.0.0.1", 0)) != 0
+    unnamed = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # as uvicorn's bind_socket
+    unnamed.bind(("127.0.0.1", 0))
+    assert _nodelay_of_accepted(unnamed) == 0

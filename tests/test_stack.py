@@ -69,9 +69,14 @@ def _env_values(env: dict[str, str]) -> dict[str, str]:
 
 
 def _stack_pids(state: Path) -> list[int]:
+    """The stack's processes, with their children (the gateway's worker processes)."""
     pids = [int((state / "supervisor.pid").read_text())]
     pids += [int(p.read_text()) for p in (state / "pids").glob("*.pid")]
     pids.append(int((state / "pgdata" / "postmaster.pid").read_text().splitlines()[0]))
+    for pid in list(pids):
+        children = Path(f"/proc/{pid}/task/{pid}/children")
+        if children.exists():
+            pids += [int(c) for c in children.read_text().split()]
     return pids
 
 

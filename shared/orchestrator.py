@@ -36,6 +36,7 @@ class Wakeup:
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
         self.pending = False
+        self.full = False  # every dispatch slot taken: a kick would wait, so it starts a pass
         self._loop = asyncio.get_running_loop()
         self._event = asyncio.Event()
 
@@ -58,8 +59,9 @@ class Wakeup:
 
 
 class KickedPasses:
-    """At most one kicked pass drains per process; later kicks wake it instead of
-    starting another pass (one new pass per job started cost more than the job).
+    """One kicked pass drains per process; later kicks wake it instead of starting
+    another pass (one new pass per job started cost more than the job), unless its
+    dispatch slots are all taken by slow steps or its budget is nearly spent.
 
     On Lambda an instance serves one request at a time, so there every kick
     starts its own pass and this changes nothing; in the local gateway, where
@@ -74,7 +76,8 @@ class KickedPasses:
         """True: a draining pass took the kick. False: `wakeup`'s pass is now the one."""
         with self._lock:
             active = self._active
-            if active is not None and active.deadline - time.monotonic() > JOIN_MIN_LEFT_S:
+            if (active is not None and not active.full
+                    and active.deadline - time.monotonic() > JOIN_MIN_LEFT_S):
                 active.set()
                 return True
             self._active = wakeup
@@ -220,8 +223,10 @@ class Pass:
                     # Out of time: the executors still record their outcomes themselves.
                     await asyncio.wait(inflight, timeout=2.0)
                     break
+                self.wakeup.full = len(inflight) >= self.concurrency
                 done, _ = await asyncio.wait(inflight | {kicked}, timeout=left,
                                              return_when=asyncio.FIRST_COMPLETED)
+                self.wakeup.full = False
                 if kicked in done:
                     done.discard(kicked)
                     kicked = self.wakeup.waiter()

@@ -8,7 +8,8 @@ import json
 import threading
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
@@ -17,7 +18,7 @@ import httpx
 import pytest
 
 from shared.executors.webhook_call import verify_signature
-from shared.orchestrator import run_pass
+from shared.orchestrator import PassSummary, run_pass
 from shared.settings import settings
 from stack.demo import run as run_demo
 from stack.demo import sine_wav
@@ -463,10 +464,11 @@ def function_env(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[None
     settings.cache_clear()
 
 
-def test_a_kick_joins_the_pass_already_draining(
-        stack: Stack, no_cron: None, function_env: None) -> None:
-    """While a kicked pass waits on a slow step, a second kick in the same process wakes
-    that pass, which claims the new job at once, instead of starting a pass of its own."""
+@contextmanager
+def _pass_waiting_on_a_slow_step(
+        stack: Stack, concurrency: int = 32) -> Iterator[tuple[str, Future[PassSummary]]]:
+    """A kicked pass, in a thread, that has dispatched a one-step job whose webhook answers
+    only when the block ends. Yields the job and the pass's future summary."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _HeldReceiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     _HeldReceiver.arrived.clear()
@@ -476,22 +478,44 @@ def test_a_kick_joins_the_pass_already_draining(
         "secret_env_var": "SUPAFLOW_WEBHOOK_SECRET"})
     slow_job, _ = _pending_job(stack, step={"id": "hook", "transformer": hook, "inputs": {"body": {}}})
     with ThreadPoolExecutor(1) as pool:
-        draining = pool.submit(lambda: asyncio.run(run_pass(stack.api_url, 30, kicked=True)))
+        draining = pool.submit(lambda: asyncio.run(
+            run_pass(stack.api_url, 30, concurrency=concurrency, kicked=True)))
         try:
             assert _HeldReceiver.arrived.wait(20), "the slow step was never dispatched"
-            quick_job, _ = _pending_job(stack)
-            joined = asyncio.run(run_pass(stack.api_url, 30, kicked=True))
-            assert joined.joined == 1 and joined.claimed == 0, joined
-            # Done by the woken pass while the slow step is still in flight.
-            assert wait_status(stack, quick_job, "completed", timeout_s=5) == "completed"
-            assert stack.sql("select status from workflow.jobs where id = %s",
-                             (slow_job,)) == [("running",)]
+            yield slow_job, draining
         finally:
             _HeldReceiver.release.set()
-        summary = draining.result(timeout=30)
-    server.shutdown()
-    assert summary.claimed == 2 and summary.completed == 2, summary
+            draining.result(timeout=30)
+            server.shutdown()
     assert wait_status(stack, slow_job, "completed") == "completed"
+
+
+def test_a_kick_joins_the_pass_already_draining(
+        stack: Stack, no_cron: None, function_env: None) -> None:
+    """While a kicked pass waits on a slow step, a second kick in the same process wakes
+    that pass, which claims the new job at once, instead of starting a pass of its own."""
+    with _pass_waiting_on_a_slow_step(stack) as (slow_job, draining):
+        quick_job, _ = _pending_job(stack)
+        joined = asyncio.run(run_pass(stack.api_url, 30, kicked=True))
+        assert joined.joined == 1 and joined.claimed == 0, joined
+        # Done by the woken pass while the slow step is still in flight.
+        assert wait_status(stack, quick_job, "completed", timeout_s=5) == "completed"
+        assert stack.sql("select status from workflow.jobs where id = %s",
+                         (slow_job,)) == [("running",)]
+    summary = draining.result()
+    assert summary.claimed == 2 and summary.completed == 2, summary
+
+
+def test_a_kick_does_not_join_a_pass_with_no_free_slot(
+        stack: Stack, no_cron: None, function_env: None) -> None:
+    """A pass whose every dispatch slot waits on a slow step would make the kicked job
+    wait too: the kick starts a pass of its own instead."""
+    with _pass_waiting_on_a_slow_step(stack, concurrency=1) as (_, draining):
+        quick_job, _ = _pending_job(stack)
+        own = asyncio.run(run_pass(stack.api_url, 30, kicked=True))
+        assert own.joined == 0 and own.claimed == 1 and own.completed == 1, own
+        assert wait_status(stack, quick_job, "completed", timeout_s=5) == "completed"
+    assert draining.result().claimed == 1
 
 
 def test_an_output_mapping_that_cannot_resolve_fails_the_job(stack: Stack, api: Api) -> None:

@@ -19,10 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 
-from shared.errors import ApiError
+from shared.errors import ApiError, unavailable
 from shared.settings import settings
 
 logger = Logger()
@@ -142,6 +143,11 @@ def handler_for(endpoint: Endpoint) -> Handler:
         except ApiError as err:
             logger.info("request refused", extra={"status": err.status, "code": err.code})
             return _response(error_reply(err))
+        except httpx.TransportError as exc:
+            # The functions' only outbound calls here are to PostgREST (executors
+            # handle their own): it is restarting or unreachable.
+            logger.warning("backend unreachable", extra={"error": repr(exc)})
+            return _response(error_reply(unavailable("the database API")))
         except Exception:
             logger.exception("unhandled error")
             return _response(error_reply(ApiError(500, "internal", "internal error")))

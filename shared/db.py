@@ -14,10 +14,13 @@ from postgrest import AsyncPostgrestClient, SyncPostgrestClient
 from postgrest.exceptions import APIError
 
 from shared import tls
-from shared.errors import ApiError, not_found
+from shared.errors import ApiError, not_found, unavailable
 from shared.settings import settings
 
 SCHEMA = "workflow"
+# PostgREST's codes for "no database right now": cannot connect, connection lost,
+# schema cache not loaded yet, no pool connection in time (HTTP 503/504).
+POSTGREST_UNAVAILABLE = ("PGRST000", "PGRST001", "PGRST002", "PGRST003")
 
 
 @cache
@@ -86,4 +89,6 @@ def api_error(exc: APIError) -> ApiError:
         return not_found(str(exc.message))
     if exc.code in ("PT401", "PGRST301", "PGRST302"):
         return ApiError(401, "unauthorized", str(exc.message))
+    if exc.code in POSTGREST_UNAVAILABLE:
+        return unavailable("the database")
     return ApiError(502, "database_error", "the database refused the request")

@@ -26,3 +26,8 @@ def unauthorized(message: str) -> ApiError:
 
 def not_found(message: str) -> ApiError:
     return ApiError(404, "not_found", message)
+
+
+def unavailable(what: str) -> ApiError:
+    """A backend the function needs is down or restarting: worth retrying shortly."""
+    return ApiError(503, "unavailable", f"{what} is unavailable; retry shortly", {"Retry-After": "1"})

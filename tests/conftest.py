@@ -19,6 +19,7 @@ import jwt
 import psycopg
 import pytest
 
+from shared.settings import settings
 from stack import supervisor
 from stack.config import REPO, StackConfig
 from stack.environment import function_environment
@@ -139,3 +140,13 @@ def no_cron(stack: Stack) -> Iterator[None]:
         yield
     finally:
         stack.sql("select cron.schedule('supaflow-orchestrator', '* * * * *', %s)", (command[0],))
+
+
+@pytest.fixture
+def function_env(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process configured as a function of the stack, to run functions' code here."""
+    for key, value in stack.env().items():
+        monkeypatch.setenv(key, value)
+    settings.cache_clear()
+    yield
+    settings.cache_clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import time
 import uuid
@@ -12,7 +13,11 @@ import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
+from postgrest.exceptions import APIError
 
+from shared import db
+from shared.settings import settings
+from stack.config import REPO
 from tests.api_client import Api
 from tests.conftest import Stack, User, create_workflow
 
@@ -238,3 +243,42 @@ def test_json_postgres_cannot_store_is_refused(stack: Stack, api: Api, workflow:
         assert response.status_code == 400, (value, response.text)
         assert response.json()["error"]["code"] == "invalid_json"
     assert job_count(stack, user) == 0
+
+
+def _invoke(function: str, event: dict[str, Any]) -> dict[str, Any]:
+    """A function's handler called in this process, as Lambda calls it."""
+    spec = importlib.util.spec_from_file_location(
+        f"app_{function.replace('-', '_')}", REPO / "functions" / function / "app.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result: dict[str, Any] = module.handler(event, None)
+    return result
+
+
+def test_an_unreachable_database_api_is_a_503_not_a_500(
+        stack: Stack, function_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgREST restarting (connection refused) gets a clear, retryable error and no trace."""
+    monkeypatch.setenv("SUPAFLOW_REST_URL", "http://127.0.0.1:9")  # nothing listens there
+    settings.cache_clear()
+    user = stack.create_user()
+    context = {"requestId": "r", "http": {"method": "GET", "path": "/"}}
+    headers = {"authorization": f"Bearer {user.token}"}
+    events = {
+        "start-workflow": {"headers": headers, "requestContext": context,
+                           "body": json.dumps({"workflow_id": "any", "input_data": {}})},
+        "get-job": {"headers": headers, "requestContext": context,
+                    "pathParameters": {"jobId": str(uuid.uuid4())}},
+        "list-jobs": {"headers": headers, "requestContext": context},
+    }
+    for function, event in events.items():
+        response = _invoke(function, {"version": "2.0", **event})
+        assert response["statusCode"] == 503, (function, response)
+        assert response["headers"]["Retry-After"] == "1"
+        assert json.loads(response["body"])["error"]["code"] == "unavailable"
+
+
+def test_postgrest_without_a_database_is_a_503() -> None:
+    for code in db.POSTGREST_UNAVAILABLE:
+        assert db.api_error(APIError({"code": code, "message": "no connection"})).status == 503
+    assert db.api_error(APIError({"code": "23505", "message": "duplicate"})).status == 502

@@ -19,7 +19,6 @@ import pytest
 
 from shared.executors.webhook_call import verify_signature
 from shared.orchestrator import PassSummary, run_pass
-from shared.settings import settings
 from stack.demo import run as run_demo
 from stack.demo import sine_wav
 from tests.api_client import Api
@@ -452,16 +451,6 @@ class _HeldReceiver(BaseHTTPRequestHandler):
 
     def log_message(self, *args: Any) -> None:
         pass
-
-
-@pytest.fixture
-def function_env(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """This process configured as a function of the stack, to run orchestrator passes here."""
-    for key, value in stack.env().items():
-        monkeypatch.setenv(key, value)
-    settings.cache_clear()
-    yield
-    settings.cache_clear()
 
 
 @contextmanager

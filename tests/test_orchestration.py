@@ -521,6 +521,11 @@ def test_a_job_whose_finisher_died_is_finished_by_the_next_scheduled_pass(
         stack: Stack, no_cron: None) -> None:
     job_id, _ = _pending_job(stack, hold=True)
     claimed = _claim_own(stack, job_id)
+    # The claim moved the job to running with its step current, in one row write.
+    assert stack.sql("select status, current_step_id, jsonb_array_length(state_history)"
+                     " from workflow.jobs where id = %s", (job_id,)) == [("running", "only", 2)]
+    assert [e["event_type"] for e in events(stack, job_id)] == [
+        "job_created", "step_started", "job_running"]
     with _service(stack) as rpc:  # an executor that records its step, then dies
         recorded = rpc.post("/complete_step", json={
             "p_job_id": job_id, "p_step_id": "only", "p_lease_token": claimed["lease_token"],
@@ -530,5 +535,5 @@ def test_a_job_whose_finisher_died_is_finished_by_the_next_scheduled_pass(
     summary = httpx.post(f"{stack.api_url}/internal/orchestrator", json={},
                          headers=stack.internal_headers(), timeout=90).json()
     assert summary["jobs_finished"] >= 1, summary
-    assert stack.sql("select status, final_result from workflow.jobs where id = %s",
-                     (job_id,)) == [("completed", {"done": True})]
+    assert stack.sql("select status, final_result, current_step_id from workflow.jobs"
+                     " where id = %s", (job_id,)) == [("completed", {"done": True}, None)]

@@ -111,7 +111,6 @@ create table workflow.jobs (
   next_retry_at timestamptz,
   state_history jsonb not null default '[]'::jsonb,
   idempotency_key text check (char_length(idempotency_key) between 1 and 255),
-  event_seq integer not null default 0,
   unique (user_id, idempotency_key)
 );
 

@@ -13,8 +13,10 @@ alter table workflow.rate_limits enable row level security;
 grant all on workflow.rate_limits to service_role;
 insert into workflow.rate_limits (user_id, max_starts, window_seconds) values (null, 600, 60);
 
--- Appends one event to a job's log; the caller holds the job's row lock, so
--- sequence numbers have no gaps.
+-- Appends one event to a job's log. Its sequence number comes from the log
+-- itself ((job_id, seq) is unique and indexed): the caller holds the job's row
+-- lock, so max(seq) + 1 has no gaps and no races, and the job's row is not
+-- rewritten for every event.
 create or replace function workflow.append_event(
   p_job_id uuid, p_event_type text, p_step_id text default null, p_attempt integer default null,
   p_from_status text default null, p_to_status text default null,
@@ -23,16 +25,12 @@ create or replace function workflow.append_event(
 language sql
 set search_path = ''
 as $$
-  with bumped as (
-    update workflow.jobs set event_seq = event_seq + 1
-    where id = p_job_id
-    returning event_seq
-  )
   insert into workflow.job_events
     (job_id, seq, event_type, step_id, attempt, from_status, to_status, detail)
-  select p_job_id, bumped.event_seq, p_event_type, p_step_id, p_attempt,
+  select p_job_id, coalesce(max(e.seq), 0) + 1, p_event_type, p_step_id, p_attempt,
          p_from_status, p_to_status, coalesce(p_detail, '{}'::jsonb)
-  from bumped
+  from workflow.job_events e
+  where e.job_id = p_job_id
 $$;
 
 -- Raises PT429 (PostgREST answers HTTP 429) when the user is over their limit;

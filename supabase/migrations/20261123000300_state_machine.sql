@@ -3,21 +3,29 @@
 -- so concurrent orchestrators and executors never deadlock.
 
 -- Moves a job to a new status (caller holds the job's row lock) and records it.
+-- p_current_step, when given, becomes current_step_id in the same write, also when
+-- the status stays as it is. A completed job has no current step.
 create or replace function workflow.transition_job(
-  p_job_id uuid, p_to text, p_detail jsonb default '{}'::jsonb
+  p_job_id uuid, p_to text, p_detail jsonb default '{}'::jsonb, p_current_step text default null
 ) returns void
 language plpgsql
 set search_path = ''
 as $$
 declare
   v_from text;
+  v_step text;
 begin
-  select status into v_from from workflow.jobs where id = p_job_id;
+  select status, current_step_id into v_from, v_step from workflow.jobs where id = p_job_id;
   if v_from is not distinct from p_to then
+    if p_current_step is not null and p_current_step is distinct from v_step then
+      update workflow.jobs set current_step_id = p_current_step where id = p_job_id;
+    end if;
     return;
   end if;
   update workflow.jobs set
     status = p_to,
+    current_step_id = case when p_to = 'completed' then null
+                           else coalesce(p_current_step, current_step_id) end,
     started_at = case when p_to = 'running' then coalesce(started_at, now()) else started_at end,
     completed_at = case when p_to in ('completed', 'failed', 'cancelled') then now() end,
     next_retry_at = case when p_to = 'awaiting_retry' then next_retry_at end,
@@ -113,11 +121,10 @@ begin
     where s.id = any(v_ids)
     returning s.job_id, s.step_id, s.attempt, s.lease_expires_at
   loop
-    update workflow.jobs set current_step_id = r.step_id where id = r.job_id;
     perform workflow.append_event(r.job_id, 'step_started', r.step_id, r.attempt, 'ready',
                                   'running',
                                   jsonb_build_object('lease_expires_at', r.lease_expires_at));
-    perform workflow.transition_job(r.job_id, 'running');
+    perform workflow.transition_job(r.job_id, 'running', p_current_step => r.step_id);
   end loop;
 
   return query
@@ -156,8 +163,9 @@ end
 $$;
 
 -- Complete a step: record its output once, make dependents ready. When every
--- step is complete the job stays `running` with `finishable` true until
--- finish_job stores final_result (built in Python from the output mapping).
+-- step is complete the job stays `running` until finish_job stores final_result
+-- (built in Python from the output mapping); `finish` hands back what that needs,
+-- so the executor that completed the last step finishes the job in one more call.
 create or replace function workflow.complete_step(
   p_job_id uuid, p_step_id text, p_lease_token uuid, p_output jsonb
 ) returns jsonb
@@ -167,6 +175,7 @@ as $$
 declare
   v_step workflow.job_steps;
   v_ready text[];
+  v_finish jsonb;
 begin
   v_step := workflow.lock_leased_step(p_job_id, p_step_id, p_lease_token);
   if v_step.id is null then
@@ -196,11 +205,12 @@ begin
                                   p_detail => jsonb_build_object('steps', to_jsonb(v_ready)));
   end if;
   perform workflow.refresh_job_status(p_job_id);
+  select to_jsonb(f) into v_finish from workflow.finishable_jobs(1, p_job_id) f;
   return jsonb_build_object(
     'accepted', true,
     'ready_steps', to_jsonb(v_ready),
-    'finishable', not exists (select 1 from workflow.job_steps
-                              where job_id = p_job_id and status <> 'completed'));
+    'finishable', v_finish is not null,
+    'finish', v_finish);
 end
 $$;
 
@@ -309,7 +319,8 @@ end
 $$;
 
 -- Jobs whose steps are all complete but whose final result is not stored yet
--- (the orchestrator that saw the last step died before finishing it).
+-- (complete_step returns its row; scheduled passes sweep up the jobs whose
+-- finisher died before finishing them).
 create or replace function workflow.finishable_jobs(
   p_limit integer default 50, p_job_id uuid default null
 )

@@ -23,19 +23,16 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jwt
-import psycopg
 from psycopg.types.json import Jsonb
 
 from stack import supervisor
 from stack.config import REPO, StackConfig
-from stack.environment import function_environment
-from stack.postgres import database_url
-from stack.secrets import StackSecrets, load
+from stack.secrets import load
+from tests.conftest import Stack
 
 BENCH_DIR = REPO / "bench"
 RESULTS_DIR = BENCH_DIR / "results"
@@ -86,33 +83,10 @@ class User:
 
 
 @dataclass
-class BenchStack:
-    cfg: StackConfig
-    sec: StackSecrets
+class BenchStack(Stack):
+    """The test suite's view of a stack (keys, SQL, tokens), plus what benchmarks need."""
+
     started_here: bool = False
-    _users: list[User] = field(default_factory=list)
-
-    @property
-    def api_url(self) -> str:
-        return self.cfg.api_url
-
-    @property
-    def database_url(self) -> str:
-        return database_url(self.cfg, self.sec)
-
-    def db(self) -> psycopg.Connection[tuple[Any, ...]]:
-        return psycopg.connect(self.database_url, autocommit=True)
-
-    def sql(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
-        with self.db() as conn:
-            cur = conn.execute(query.encode() if params is None else query, params)
-            return cur.fetchall() if cur.description else []
-
-    def token(self, sub: str, exp_in: int = 6 * 3600) -> str:
-        now = int(time.time())
-        claims = {"sub": sub, "aud": "authenticated", "role": "authenticated",
-                  "iat": now, "exp": now + exp_in}
-        return jwt.encode(claims, self.sec.jwt_secret, algorithm="HS256")
 
     def create_users(self, n: int) -> list[User]:
         """Users without a start rate limit (a per-user row overrides the 600/min default)."""
@@ -126,16 +100,6 @@ class BenchStack:
                              " values (%s, 100000000, 1)", (uid,))
                 users.append(User(uid, self.token(uid)))
         return users
-
-    def internal_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.sec.internal_token}"}
-
-    def service_headers(self) -> dict[str, str]:
-        key = self.sec.service_role_key
-        return {"apikey": key, "Authorization": f"Bearer {key}"}
-
-    def function_environment(self) -> dict[str, str]:
-        return function_environment(self.cfg, self.sec)
 
     def pid_of(self, child: str) -> int | None:
         return supervisor.read_pid(self.cfg.state_dir / "pids" / f"{child}.pid")

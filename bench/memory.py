@@ -103,7 +103,7 @@ def orchestrator_argv(budget_s: float, concurrency: int, batch: int, base_url: s
 
 def drain(stack: BenchStack, user_id: str, n: int, cap_s: float, concurrency: int,
           batch: int) -> dict[str, Any]:
-    env = {**os.environ, **stack.function_environment(), "PYTHONPATH": str(REPO)}
+    env = {**os.environ, **stack.env(), "PYTHONPATH": str(REPO)}
     count_sql = ("select count(*) from workflow.job_steps s join workflow.jobs j on j.id = s.job_id"
                  " where j.user_id = %s and s.status = 'completed'")
     meter = CpuMeter(stack)

@@ -121,7 +121,7 @@ def profile_orchestrator(spy: str, raw: Path, seconds: float, rate: int) -> None
             cancel_all_open(stack)
             seed_ready_steps(stack, workflow_id, 5000)
             out = stack.cfg.state_dir / "bench-profile-result.json"
-            env = {**os.environ, **stack.function_environment(), "PYTHONPATH": str(REPO)}
+            env = {**os.environ, **stack.env(), "PYTHONPATH": str(REPO)}
             log(f"profiling one orchestrator pass for {seconds:.0f} s")
             subprocess.run(
                 [spy, "record", "-r", str(rate), "-f", "raw", "-o", str(raw), "--",

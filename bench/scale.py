@@ -187,7 +187,7 @@ def measure_idle_rpcs(stack: BenchStack, reps: int) -> dict[str, Any]:
 
 def whole_idle_pass(stack: BenchStack, budget_s: float, reps: int) -> dict[str, Any]:
     """run_pass with no work, in this process; counts the claims it makes."""
-    os.environ.update(stack.function_environment())
+    os.environ.update(stack.env())
     from shared import orchestrator, state
 
     calls: dict[str, int] = {"claim": 0, "next_due_in": 0}

@@ -88,14 +88,15 @@ class KickedPasses:
         with self._lock:
             if wakeup.pending and time.monotonic() < wakeup.deadline:
                 return False
-            self.unregister(wakeup, locked=True)
+            self._drop(wakeup)
             return True
 
-    def unregister(self, wakeup: Wakeup, locked: bool = False) -> None:
-        if not locked:
-            with self._lock:
-                self.unregister(wakeup, locked=True)
-        elif self._active is wakeup:
+    def unregister(self, wakeup: Wakeup) -> None:
+        with self._lock:
+            self._drop(wakeup)
+
+    def _drop(self, wakeup: Wakeup) -> None:
+        if self._active is wakeup:
             self._active = None
 
 

@@ -18,6 +18,7 @@ import ctypes.util
 import importlib.util
 import json
 import logging
+import multiprocessing
 import os
 import signal
 import socket
@@ -244,7 +245,8 @@ def _die_with_parent() -> None:
 
 def create_app() -> Starlette:
     """The app of one gateway worker process (uvicorn's factory)."""
-    _die_with_parent()
+    if multiprocessing.parent_process() is not None:  # a worker of uvicorn's Multiprocess
+        _die_with_parent()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     return build_app(StackConfig.from_env())

@@ -237,7 +237,6 @@ class Pass:
                         logger.error("step task failed", exc_info=task.exception())
         finally:
             kicked.cancel()
-            kicked_passes.unregister(self.wakeup)
         await housekeeping
         return self.summary
 

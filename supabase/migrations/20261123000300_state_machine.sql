@@ -209,7 +209,6 @@ begin
   return jsonb_build_object(
     'accepted', true,
     'ready_steps', to_jsonb(v_ready),
-    'finishable', v_finish is not null,
     'finish', v_finish);
 end
 $$;

@@ -6,6 +6,7 @@ import base64
 import binascii
 import json
 import uuid
+from datetime import datetime
 from typing import Any
 
 from postgrest.exceptions import APIError
@@ -61,9 +62,13 @@ def _encode_cursor(job: dict[str, Any]) -> str:
 
 
 def _decode_cursor(cursor: str) -> tuple[str, str]:
+    """Checked here, so that Postgres only ever sees a timestamp and a UUID it can read."""
     try:
         created_at, job_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return str(created_at), str(uuid.UUID(str(job_id)))
+        timestamp = datetime.fromisoformat(str(created_at))
+        if timestamp.tzinfo is None:
+            raise ValueError("cursor timestamp without a time zone")
+        return timestamp.isoformat(), str(uuid.UUID(str(job_id)))
     except (ValueError, TypeError, binascii.Error) as exc:
         raise bad_request("cursor is not valid") from exc
 
@@ -100,8 +105,6 @@ def list_jobs(user: User, query: dict[str, str]) -> dict[str, Any]:
             .execute().data
         )
     except APIError as exc:
-        if exc.code == "22007":  # a cursor whose timestamp Postgres cannot read
-            raise bad_request("cursor is not valid") from exc
         raise db.api_error(exc) from exc
     page = rows[:limit]
     return {

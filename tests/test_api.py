@@ -113,8 +113,14 @@ def test_bad_requests_get_clear_errors_and_write_nothing(
     assert api.request("GET", f"/jobs/{uuid.uuid4()}", user.token).status_code == 404
     assert api.request("GET", f"/jobs/{uuid.uuid4()}").status_code == 401
     assert api.request("GET", "/jobs").status_code == 401
+    def cursor(created_at: str) -> dict[str, str]:
+        raw = json.dumps([created_at, str(uuid.uuid4())]).encode()
+        return {"cursor": base64.urlsafe_b64encode(raw).decode()}
+
+    # Cursors with a timestamp Postgres cannot read (found by the fuzz test: "0" was a 502).
     for params in ({"limit": "0"}, {"limit": "201"}, {"limit": "x"}, {"status": "done"},
                    {"cursor": "%%%"}, {"cursor": base64.urlsafe_b64encode(b'["x", 1]').decode()},
+                   cursor("0"), cursor("2026-13-01T00:00:00+00:00"), cursor("2026-11-24T00:00:00"),
                    {"bogus": "1"}):
         response = api.request("GET", "/jobs", user.token, params=params)
         assert response.status_code == 400, (params, response.text)

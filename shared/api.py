@@ -28,6 +28,11 @@ from shared.settings import settings
 
 logger = Logger()
 
+# How deep a request body may nest. This protects the functions' own parsing and
+# re-encoding (Python's JSON code recurses); what may be *stored* is a tighter,
+# separate rule owned by SQL (workflow.value_problem: 64 levels).
+MAX_BODY_DEPTH = 128
+
 
 @dataclass
 class Reply:
@@ -78,8 +83,13 @@ class Request:
             raise ApiError(400, "invalid_json", "request body must be a JSON object")
         try:
             parsed = json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
-            _check_storable(parsed)
+        except RecursionError as exc:
+            raise _too_deep() from exc
         except (ValueError, UnicodeError) as exc:
+            raise ApiError(400, "invalid_json", f"malformed JSON: {exc}") from exc
+        try:
+            _check_storable(parsed)
+        except ValueError as exc:
             raise ApiError(400, "invalid_json", f"malformed JSON: {exc}") from exc
         if not isinstance(parsed, dict):
             raise ApiError(400, "invalid_json", "request body must be a JSON object")
@@ -97,19 +107,25 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _too_deep() -> ApiError:
+    return ApiError(400, "invalid_json", f"request body is nested more than {MAX_BODY_DEPTH} levels deep")
+
+
 def _check_storable(value: Any) -> None:
-    """What Postgres's jsonb cannot hold: NUL characters and lone UTF-16 surrogates."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise ValueError("strings may not contain NUL (\\u0000)")
-        value.encode("utf-8")  # raises UnicodeEncodeError on a lone surrogate
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_storable(key)
-            _check_storable(item)
-    elif isinstance(value, list):
-        for item in value:
-            _check_storable(item)
+    """What Postgres's jsonb cannot hold (NUL characters, lone UTF-16 surrogates), and
+    bodies nested deeper than MAX_BODY_DEPTH. Iterative: deep input cannot blow the stack."""
+    todo: list[tuple[Any, int]] = [(value, 0)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise ValueError("strings may not contain NUL (\\u0000)")
+            item.encode("utf-8")  # raises UnicodeEncodeError on a lone surrogate
+        elif isinstance(item, dict | list):
+            if depth == MAX_BODY_DEPTH:
+                raise _too_deep()
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            todo.extend((child, depth + 1) for child in children)
 
 
 Endpoint = Callable[[Request], Reply]

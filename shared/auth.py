@@ -1,22 +1,27 @@
 """Who is calling: Supabase user JWTs for the public routes, a shared credential for internal ones.
 
-User tokens are verified here (HTTP API JWT authorizers accept RSA keys only),
-then forwarded to PostgREST unchanged so RLS decides what the user sees.
+User tokens are verified here (HTTP API JWT authorizers accept RSA keys only).
+Any token that fails verification, in any way, is a 401 `invalid_token`: the
+caller learns what was wrong, the logs never see a traceback for it.
 """
 
 from __future__ import annotations
 
 import hmac
+import uuid
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
 import jwt
 
-from shared.errors import ApiError, unauthorized
+from shared.errors import ApiError, invalid_token, unauthorized
 from shared.settings import settings
 
 ASYMMETRIC = ("ES256", "RS256")
+# User routes serve signed-in users only: an anon token has no user, and a
+# service-role or database-role token is no user's.
+USER_ROLE = "authenticated"
 
 
 @dataclass(frozen=True)
@@ -43,36 +48,56 @@ def bearer_token(headers: dict[str, str] | None) -> str:
 def _key_for(token: str, alg: str) -> Any:
     if alg == "HS256":
         if not settings().jwt_secret:
-            raise unauthorized("HS256 tokens are not accepted by this deployment")
+            raise invalid_token("HS256 tokens are not accepted by this deployment")
         return settings().jwt_secret
     if alg in ASYMMETRIC:
         try:
-            return _jwks().get_signing_key_from_jwt(token).key
+            signing_key = _jwks().get_signing_key_from_jwt(token)
         except jwt.PyJWKClientConnectionError as exc:
             raise ApiError(503, "auth_unavailable", "cannot fetch the signing keys") from exc
         except jwt.PyJWKClientError as exc:
-            raise unauthorized("token signed by an unknown key") from exc
-    raise unauthorized(f"unsupported token algorithm {alg!r}")
+            raise invalid_token("token signed by an unknown key") from exc
+        if signing_key.algorithm_name != alg:
+            # e.g. an RS256 header naming the EC key's kid: PyJWT would raise TypeError.
+            raise invalid_token(f"token algorithm {alg} does not match its key")
+        return signing_key.key
+    raise invalid_token(f"unsupported token algorithm {alg!r}")
 
 
-def verify_user(headers: dict[str, str] | None) -> User:
-    """A valid, unexpired `authenticated` token with a subject, or a 401."""
-    token = bearer_token(headers)
+def _claims(token: str) -> dict[str, Any]:
     try:
         alg = str(jwt.get_unverified_header(token).get("alg", ""))
     except jwt.InvalidTokenError as exc:
-        raise unauthorized("malformed token") from exc
+        raise invalid_token("malformed token") from exc
     key = _key_for(token, alg)
     try:
-        claims = jwt.decode(
+        claims: dict[str, Any] = jwt.decode(
             token, key, algorithms=[alg], audience="authenticated",
             leeway=settings().jwt_leeway_s, options={"require": ["exp", "sub"]},
         )
     except jwt.ExpiredSignatureError as exc:
-        raise unauthorized("token expired") from exc
+        raise invalid_token("token expired") from exc
     except jwt.InvalidTokenError as exc:
-        raise unauthorized(f"invalid token: {exc}") from exc
-    return User(id=str(claims["sub"]), token=token, claims=claims)
+        raise invalid_token(f"invalid token: {exc}") from exc
+    except (TypeError, ValueError) as exc:  # a key PyJWT cannot use for this token
+        raise invalid_token("token cannot be verified with its key") from exc
+    return claims
+
+
+def verify_user(headers: dict[str, str] | None) -> User:
+    """A valid, unexpired token of a signed-in user (role `authenticated`, a UUID subject)."""
+    token = bearer_token(headers)
+    claims = _claims(token)
+    if claims.get("role") != USER_ROLE:
+        raise invalid_token(f"token role must be {USER_ROLE!r}")
+    subject = str(claims["sub"])
+    try:
+        user_id = str(uuid.UUID(subject))
+    except ValueError:
+        user_id = None
+    if user_id is None or user_id != subject.lower():  # the plain form auth.uid() reads
+        raise invalid_token("token subject is not a user id (a UUID)")
+    return User(id=user_id, token=token, claims=claims)
 
 
 def verify_internal(headers: dict[str, str] | None) -> None:

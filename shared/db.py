@@ -14,7 +14,7 @@ from postgrest import AsyncPostgrestClient, SyncPostgrestClient
 from postgrest.exceptions import APIError
 
 from shared import tls
-from shared.errors import ApiError, not_found, unavailable
+from shared.errors import ApiError, invalid_token, not_found, unavailable
 from shared.settings import settings
 
 SCHEMA = "workflow"
@@ -71,24 +71,46 @@ def as_service_async(http: httpx.AsyncClient) -> AsyncPostgrestClient:
     )
 
 
+class UndecodableResponse(ApiError):
+    """PostgREST answered something postgrest-py could not decode (JSON nested deeper
+    than pydantic's ~250-level limit): it hands back the raw text, or raises an APIError
+    whose code is the HTTP success status. Only rows written around the bounds
+    (workflow.value_problem) can cause this."""
+
+    def __init__(self) -> None:
+        super().__init__(502, "unreadable_data", "stored data is nested too deeply to read")
+
+
 def rows(data: Any) -> list[dict[str, Any]]:
-    """PostgREST answers JSON rows; this names that shape for the type checker."""
+    """PostgREST's JSON rows, checked: never a raw string mistaken for rows."""
+    if not isinstance(data, list):
+        raise UndecodableResponse
     return cast(list[dict[str, Any]], data)
 
 
 def obj(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise UndecodableResponse
     return cast(dict[str, Any], data)
 
 
 def api_error(exc: APIError) -> ApiError:
-    """PostgREST errors raised on purpose by our SQL (PTxxx) keep their meaning."""
+    """PostgREST errors raised on purpose by our SQL (PTxxx) keep their meaning; the
+    SQL puts a specific error code, when it has one, in the error's detail."""
+    if exc.code in ("PT400", "PT409"):
+        status = int(exc.code[2:])
+        code = str(exc.details) if exc.details else ("bad_request" if status == 400 else "conflict")
+        return ApiError(status, code, str(exc.message))
     if exc.code == "PT429":
         retry_after = exc.hint if exc.hint and str(exc.hint).isdigit() else "1"
         return ApiError(429, "rate_limited", str(exc.message), {"Retry-After": str(retry_after)})
     if exc.code == "PT404":
         return not_found(str(exc.message))
     if exc.code in ("PT401", "PGRST301", "PGRST302"):
-        return ApiError(401, "unauthorized", str(exc.message))
+        return invalid_token(str(exc.message))
+    if str(exc.code).isascii() and str(exc.code).isdigit() and 200 <= int(str(exc.code)) < 300:
+        # postgrest-py's "JSON could not be generated": a success it failed to decode.
+        return UndecodableResponse()
     if exc.code in POSTGREST_UNAVAILABLE:
         return unavailable("the database")
     return ApiError(502, "database_error", "the database refused the request")

@@ -127,6 +127,8 @@ class WorkflowDefinition(BaseModel):
                 raise ValueError(
                     f"not a valid JSON Schema: {exc.message} (at {exc.json_path})"
                 ) from None
+            except RecursionError:
+                raise ValueError("not a valid JSON Schema: nested too deeply") from None
         return schema
 
     @model_validator(mode="after")
@@ -211,7 +213,10 @@ def validate_input(defn: WorkflowDefinition, input_data: Any) -> None:
     validator = Draft202012Validator(
         defn.input_schema, format_checker=Draft202012Validator.FORMAT_CHECKER
     )
-    error = best_match(validator.iter_errors(input_data))
+    try:
+        error = best_match(validator.iter_errors(input_data))
+    except RecursionError:
+        raise InputError("input_data", "input_data: nested too deeply to validate") from None
     if error is None:
         return
     path: Loc = ("input_data", *error.absolute_path)

@@ -74,12 +74,14 @@ def executor_path(target_function: str) -> str:
 
 
 async def call_executor(
-    http: httpx.AsyncClient, base_url: str, target_function: str, payload: dict[str, Any],
+    http: httpx.AsyncClient, base_url: str, target_function: str, body: bytes,
     timeout_s: float,
 ) -> dict[str, Any]:
+    """POST one step (`body`, already JSON) to its executor; its answer is the outcome."""
     url = f"{base_url}{executor_path(target_function)}"
+    headers = {**internal_headers(), "Content-Type": "application/json"}
     try:
-        response = await http.post(url, json=payload, headers=internal_headers(),
+        response = await http.post(url, content=body, headers=headers,
                                    timeout=httpx.Timeout(timeout_s, connect=5.0))
     except httpx.ConnectError as exc:
         raise DispatchError(f"executor unreachable: {exc}", delivered=False) from exc

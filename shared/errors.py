@@ -24,6 +24,11 @@ def unauthorized(message: str) -> ApiError:
     return ApiError(401, "unauthorized", message, {"WWW-Authenticate": "Bearer"})
 
 
+def invalid_token(message: str) -> ApiError:
+    """A bearer token that fails verification in any way (never a 5xx)."""
+    return ApiError(401, "invalid_token", message, {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+
 def not_found(message: str) -> ApiError:
     return ApiError(404, "not_found", message)
 

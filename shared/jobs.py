@@ -1,4 +1,5 @@
-"""Reading jobs: one, or a page of them. Always as the calling user, so RLS applies."""
+"""Reading jobs (one, or a page of them), always as the calling user so RLS applies;
+and cancelling one, as the service role on behalf of its verified owner."""
 
 from __future__ import annotations
 
@@ -76,7 +77,8 @@ def _decode_cursor(cursor: str) -> tuple[str, str]:
 def _limit(raw: str | None) -> int:
     if raw is None:
         return DEFAULT_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    # isascii: "²" is a digit to str.isdigit() but not to int().
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
         raise bad_request(f"limit must be an integer from 1 to {MAX_LIMIT}")
     return int(raw)
 
@@ -111,3 +113,13 @@ def list_jobs(user: User, query: dict[str, str]) -> dict[str, Any]:
         "jobs": [_public(r) for r in page],
         "next_cursor": _encode_cursor(page[-1]) if len(rows) > limit else None,
     }
+
+
+def cancel(user: User, job_id: str) -> dict[str, Any]:
+    """Only the owner may cancel; anyone else's job is as missing as an unknown one.
+    Cancelling a finished job changes nothing and says so (`cancelled: false`)."""
+    params: dict[str, Any] = {"p_job_id": parse_job_id(job_id), "p_user_id": user.id}
+    try:
+        return db.obj(db.as_service().rpc("cancel_job", params).execute().data)
+    except APIError as exc:
+        raise db.api_error(exc) from exc

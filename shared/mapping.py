@@ -16,6 +16,8 @@ the transform executor all call it, so they cannot disagree about the syntax.
 - Any other string, and any non-string value, is a literal. A string that starts
   with `$.` or contains `{{` but is malformed is an error, never a literal, so a
   typo cannot silently become a constant.
+- A mapping nests at most MAX_DEPTH levels of objects and lists; parsing is
+  linear in the length of its strings.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ _EXPRESSION = re.compile(
     rf"\$\.(?:input|steps\.(?P<step>{_NAME})\.output)(?P<path>(?:\.{_NAME}|\[\d+\])*)"
 )
 _SEGMENT = re.compile(rf"\.({_NAME})|\[(\d+)\]")
-_TEMPLATE = re.compile(r"\{\{\s*(.*?)\s*\}\}", re.DOTALL)
 _SYNTAX = "expected $.input.<path> or $.steps.<step_id>.output.<path>"
+MAX_DEPTH = 32
 
 Path = tuple[str | int, ...]
 
@@ -127,22 +129,23 @@ def compile_expression(text: str) -> Expression:
 
 @lru_cache(maxsize=4096)
 def compile_template(text: str) -> Template:
-    """Split `text` into literals and `{{ expression }}` holes."""
+    """Split `text` into literals and `{{ expression }}` holes: one left-to-right scan
+    (a hole ends at the first `}}`; the expression inside is stripped of whitespace)."""
     parts: list[str | Expression] = []
     pos = 0
-    for match in _TEMPLATE.finditer(text):
-        if match.start() > pos:
-            parts.append(text[pos : match.start()])
+    while (start := text.find("{{", pos)) != -1:
+        end = text.find("}}", start + 2)
+        if end == -1:
+            raise MappingError(f"in template {_shorten(text)}: '{{{{' is not closed by '}}}}'")
+        if start > pos:
+            parts.append(text[pos:start])
         try:
-            parts.append(compile_expression(match[1]))
+            parts.append(compile_expression(text[start + 2 : end].strip()))
         except MappingError as exc:
             raise MappingError(f"in template {_shorten(text)}: {exc.reason}") from None
-        pos = match.end()
-    tail = text[pos:]
-    if "{{" in tail:
-        raise MappingError(f"in template {_shorten(text)}: '{{{{' is not closed by '}}}}'")
-    if tail:
-        parts.append(tail)
+        pos = end + 2
+    if pos < len(text):
+        parts.append(text[pos:])
     return Template(text, tuple(parts))
 
 
@@ -188,6 +191,8 @@ def step_references(mapping: Any) -> set[str]:
 
 def _expressions(mapping: Any, where: Path = ()) -> list[Expression]:
     """Every expression in `mapping`, compiling (and so checking) each string."""
+    if len(where) > MAX_DEPTH:
+        raise MappingError(f"nested more than {MAX_DEPTH} levels deep", where[:MAX_DEPTH])
     if isinstance(mapping, str):
         try:
             compiled = _compile_string(mapping)

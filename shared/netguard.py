@@ -26,12 +26,16 @@ import ipaddress
 import os
 import socket
 from collections.abc import Collection
+from typing import Any
 
 import httpx
 
+from shared.api import logger
 from shared.executors.base import StepError
 
 ENV_ALLOWED_HOSTS = "SUPAFLOW_ALLOWED_HOSTS"
+REFUSED_RULE = ("it is not a public address (private, loopback, link-local, multicast and "
+                "reserved addresses are refused)")
 MAX_REDIRECTS = 5
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -108,8 +112,12 @@ def vet_host(host: str, port: int) -> str:
         ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 scope id
         reason = refusal_reason(ip)
         if reason is not None:
+            # The step's error reaches the workflow's user: it states the rule, never
+            # what an internal name resolves to. The log keeps the address.
+            logger.warning("SSRF guard refused a host",
+                           extra={"host": host, "address": str(ip), "reason": reason})
             raise StepError(
-                f"refused host {host!r}: it resolves to {ip}, a {reason} address; "
+                f"refused host {host!r}: {REFUSED_RULE}; "
                 f"list it in allow_hosts or {ENV_ALLOWED_HOSTS} to permit it",
                 retryable=False,
             )
@@ -173,6 +181,15 @@ def guarded_client(timeout: float, allow_hosts: Collection[str] = ()) -> httpx.C
     )
 
 
+def build_request(client: httpx.Client, method: str, url: str, **kwargs: Any) -> httpx.Request:
+    """client.build_request, where a URL httpx cannot use (`http://0177.0.0.1/`, a bad
+    port) is the workflow's mistake: a permanent step failure, not a retried crash."""
+    try:
+        return client.build_request(method, url, **kwargs)
+    except httpx.InvalidURL as exc:
+        raise StepError(f"unusable URL {url!r}: {exc}", retryable=False) from exc
+
+
 def send_checked(
     client: httpx.Client,
     request: httpx.Request,
@@ -193,8 +210,8 @@ def send_checked(
             response = client.send(request, stream=True)
         except httpx.TimeoutException as exc:
             raise StepError(f"timed out contacting {request.url}: {exc!r}", retryable=True) from exc
-        except httpx.UnsupportedProtocol as exc:
-            raise StepError(f"unsupported URL {request.url}: {exc}", retryable=False) from exc
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+            raise StepError(f"unusable URL {request.url}: {exc}", retryable=False) from exc
         except httpx.TransportError as exc:
             raise StepError(f"cannot reach {request.url}: {exc!r}", retryable=True) from exc
         if (
@@ -210,9 +227,9 @@ def send_checked(
                 retryable=False,
             )
         hops += 1
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _CREDENTIAL_HEADERS}
         try:
             target = request.url.join(response.headers["Location"])
+            request = client.build_request(request.method, target, headers=headers)
         except httpx.InvalidURL as exc:
             raise StepError(f"invalid redirect from {request.url}: {exc}", retryable=False) from exc
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _CREDENTIAL_HEADERS}
-        request = client.build_request(request.method, target, headers=headers)

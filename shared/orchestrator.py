@@ -8,6 +8,7 @@ passes may run at once: claims are SKIP LOCKED and leases fence late results.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -149,20 +150,20 @@ class Pass:
             await self._fail(step, f"unknown transformer {step.transformer_id!r}", retryable=False)
             return
         try:
-            inputs = mapping.resolve(step.inputs, state.mapping_context(step.input_data, step.step_data))
+            request = self.executor_request(step)
         except mapping.MappingError as exc:
             await self._fail(step, f"inputs: {exc}", retryable=False)
             return
-        payload = {
-            "job_id": step.job_id, "step_id": step.step_id, "attempt": step.attempt,
-            "lease_token": step.lease_token, "timeout_s": step.timeout_s, "inputs": inputs,
-            "transformer": {"id": step.transformer_id, "type": step.transformer_type,
-                            "config": step.transformer_config},
-        }
+        except RecursionError:
+            await self._fail(step, "inputs: nested too deeply to send", retryable=False)
+            return
+        except (state.UndecodableRow, ValueError, TypeError) as exc:
+            await self._fail(step, f"cannot prepare the step: {exc}", retryable=False)
+            return
         self.summary.dispatched += 1
         try:
             outcome = await dispatch.call_executor(
-                self.http, self.base_url, step.target_function, payload, step.timeout_s + 5)
+                self.http, self.base_url, step.target_function, request, step.timeout_s + 5)
         except dispatch.DispatchError as exc:
             if exc.delivered:
                 self.summary.undelivered += 1
@@ -176,6 +177,20 @@ class Pass:
         if outcome.get("finishable"):  # the executor could not finish the job itself
             for job in await state.finishable(self.client, 1, step.job_id):
                 await self.finish_job(job)
+
+    @staticmethod
+    def executor_request(step: state.ClaimedStep) -> bytes:
+        """The executor's request body. Any failure here is this row's alone (section 4,
+        Isolate): the caller fails this step for good and the batch goes on."""
+        payload = step.read()
+        inputs = mapping.resolve(payload.inputs,
+                                 state.mapping_context(payload.input_data, payload.step_data))
+        return json.dumps({
+            "job_id": step.job_id, "step_id": step.step_id, "attempt": step.attempt,
+            "lease_token": step.lease_token, "timeout_s": step.timeout_s, "inputs": inputs,
+            "transformer": {"id": step.transformer_id, "type": step.transformer_type,
+                            "config": payload.transformer_config},
+        }, allow_nan=False).encode()
 
     def _count(self, outcome: Any) -> None:
         if outcome == "completed":

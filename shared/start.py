@@ -1,7 +1,11 @@
-"""Starting a job: validate the request and the input, then one SQL transaction (start_job)."""
+"""Starting a job: validate the request and its input against the workflow's current
+version, then one SQL transaction (start_job), called as the service role for the
+user the function verified. Users cannot call start_job themselves.
+"""
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from postgrest.exceptions import APIError
@@ -9,8 +13,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared import db
 from shared.auth import User
-from shared.definitions import DefinitionError, InputError, parse_definition, validate_input
+from shared.definitions import (
+    DefinitionError,
+    InputError,
+    WorkflowDefinition,
+    parse_definition,
+    validate_input,
+)
 from shared.errors import ApiError, bad_request, not_found
+
+# A start that keeps meeting a newer version (publishes racing it) gives up after this.
+MAX_VERSION_RETRIES = 3
 
 
 class StartRequest(BaseModel):
@@ -27,38 +40,75 @@ def _first_problem(exc: ValidationError) -> str:
     return f"{where}: {err['msg']}"
 
 
+# The last version each workflow was started at, in this process: a guess that
+# start_job confirms (it refuses any version but the current one and names it).
+_latest_version: dict[str, int] = {}
+
+
+def _current_version(workflow_id: str) -> int:
+    rows = db.rows(
+        db.as_service().table("workflows").select("version")
+        .eq("id", workflow_id).eq("is_active", True).limit(1).execute().data
+    )
+    if not rows:
+        raise not_found(f"workflow {workflow_id!r} not found")
+    return int(rows[0]["version"])
+
+
+@lru_cache(maxsize=256)
+def _definition(workflow_id: str, version: int) -> WorkflowDefinition:
+    """A published version never changes, so each is fetched and parsed once per process."""
+    rows = db.rows(
+        db.as_service().table("workflow_versions").select("definition")
+        .eq("workflow_id", workflow_id).eq("version", version).limit(1).execute().data
+    )
+    if not rows:
+        raise not_found(f"workflow {workflow_id!r} not found")
+    return parse_definition(rows[0]["definition"])
+
+
+def definition(workflow_id: str, version: int) -> WorkflowDefinition:
+    try:
+        try:
+            return _definition(workflow_id, version)
+        except APIError as exc:
+            raise db.api_error(exc) from exc
+    except (DefinitionError, db.UndecodableResponse) as exc:
+        raise ApiError(422, "invalid_workflow", f"stored workflow is invalid: {exc}") from exc
+
+
 def start_job(user: User, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     """Validate, then create the job in one SQL transaction. Returns (status, body)."""
     try:
         req = StartRequest.model_validate(body)
     except ValidationError as exc:
         raise bad_request(_first_problem(exc)) from exc
-    client = db.as_user(user.token)
     try:
-        rows = db.rows(
-            client.table("workflows").select("version,definition")
-            .eq("id", req.workflow_id).eq("is_active", True).limit(1).execute().data
-        )
+        version = _latest_version.get(req.workflow_id) or _current_version(req.workflow_id)
+        for _ in range(MAX_VERSION_RETRIES):
+            try:
+                validate_input(definition(req.workflow_id, version), req.input_data)
+            except InputError as exc:
+                raise ApiError(400, "invalid_input", str(exc)) from exc
+            params: dict[str, Any] = {
+                "p_user_id": user.id,
+                "p_workflow_id": req.workflow_id,
+                "p_workflow_version": version,
+                "p_input": req.input_data,
+                "p_idempotency_key": req.idempotency_key,
+            }
+            try:
+                result = db.obj(db.as_service().rpc("start_job", params).execute().data)
+            except APIError as exc:
+                if exc.code == "PT409" and exc.details == "workflow_changed" and exc.hint:
+                    version = _latest_version[req.workflow_id] = int(exc.hint)
+                    continue
+                if exc.code == "PT404":  # deactivated or gone
+                    _latest_version.pop(req.workflow_id, None)
+                raise
+            _latest_version[req.workflow_id] = version
+            existing = bool(result.pop("existing", False))
+            return (200 if existing else 202), result
     except APIError as exc:
         raise db.api_error(exc) from exc
-    if not rows:
-        raise not_found(f"workflow {req.workflow_id!r} not found")
-    try:
-        definition = parse_definition(rows[0]["definition"])
-        validate_input(definition, req.input_data)
-    except InputError as exc:
-        raise ApiError(400, "invalid_input", str(exc)) from exc
-    except DefinitionError as exc:
-        raise ApiError(422, "invalid_workflow", f"stored workflow is invalid: {exc}") from exc
-    try:
-        params: dict[str, Any] = {
-            "p_workflow_id": req.workflow_id,
-            "p_workflow_version": rows[0]["version"],
-            "p_input": req.input_data,
-            "p_idempotency_key": req.idempotency_key,
-        }
-        result = db.obj(client.rpc("start_job", params).execute().data)
-    except APIError as exc:
-        raise db.api_error(exc) from exc
-    existing = bool(result.pop("existing", False))
-    return (200 if existing else 202), result
+    raise ApiError(409, "workflow_changed", f"workflow {req.workflow_id!r} kept changing; retry")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,33 +11,62 @@ from postgrest import AsyncPostgrestClient, SyncPostgrestClient
 from shared import db, mapping
 
 
+class UndecodableRow(ValueError):
+    """A stored row the engine cannot read: it fails its own step or job, nothing else."""
+
+
+def decode_payload(text: str) -> dict[str, Any]:
+    """One row's JSON payload. Rows come as text so that each is decoded on its own:
+    one row too deep for Python's decoder must not take its batch down with it."""
+    try:
+        value = json.loads(text)
+    except RecursionError as exc:
+        raise UndecodableRow("its stored data is nested too deeply to read") from exc
+    except ValueError as exc:
+        raise UndecodableRow(f"its stored data is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise UndecodableRow("its stored data is not a JSON object")
+    return value
+
+
+@dataclass(frozen=True)
+class StepPayload:
+    """What a claimed step reads: its input mapping, the job's data, the transformer's config."""
+
+    inputs: Any
+    input_data: Any
+    step_data: dict[str, Any]
+    transformer_config: dict[str, Any]
+
+
 @dataclass(frozen=True)
 class ClaimedStep:
-    """One leased attempt, with what the orchestrator needs to resolve its inputs."""
+    """One leased attempt; `payload` is decoded by `read`, step by step."""
 
     job_id: str
     step_id: str
     attempt: int
     lease_token: str
     timeout_s: int
-    inputs: Any
-    input_data: dict[str, Any]
-    step_data: dict[str, Any]
     transformer_id: str
     transformer_type: str | None
-    transformer_config: dict[str, Any]
     target_function: str | None
+    payload: str
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> ClaimedStep:
         return cls(
             job_id=row["job_id"], step_id=row["step_id"], attempt=row["attempt"],
-            lease_token=row["lease_token"], timeout_s=row["timeout_s"], inputs=row["inputs"],
-            input_data=row["input_data"] or {}, step_data=row["step_data"] or {},
+            lease_token=row["lease_token"], timeout_s=row["timeout_s"],
             transformer_id=row["transformer_id"], transformer_type=row["transformer_type"],
-            transformer_config=row["transformer_config"] or {},
-            target_function=row["target_function"],
+            target_function=row["target_function"], payload=row["payload"],
         )
+
+    def read(self) -> StepPayload:
+        data = decode_payload(self.payload)
+        return StepPayload(inputs=data.get("inputs") or {}, input_data=data.get("input_data") or {},
+                           step_data=data.get("step_data") or {},
+                           transformer_config=data.get("transformer_config") or {})
 
     def log_keys(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "step_id": self.step_id, "attempt": self.attempt}
@@ -49,19 +79,25 @@ def mapping_context(input_data: Any, step_data: dict[str, Any]) -> dict[str, Any
 
 def final_result(job: dict[str, Any]) -> Any:
     """The workflow's output mapping, else the last listed step's output."""
-    output = job["output_mapping"]
+    data = decode_payload(job["payload"])
+    output = data.get("output_mapping")
     if output is None:
-        output = f"$.steps.{job['last_step_id']}.output"
-    return mapping.resolve(output, mapping_context(job["input_data"], job["step_data"] or {}))
+        output = f"$.steps.{data.get('last_step_id')}.output"
+    return mapping.resolve(output, mapping_context(data.get("input_data"), data.get("step_data") or {}))
 
 
 def finish_call(job: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """The RPC that ends a job whose steps are all complete: finish_job with its
-    final_result, or fail_job when the output mapping cannot resolve."""
+    final_result, or fail_job when it cannot be built (an output mapping that does
+    not resolve, stored data that cannot be read)."""
     try:
         result = final_result(job)
+        json.dumps(result, allow_nan=False)  # what finish_job is sent must encode
     except mapping.MappingError as exc:
         return "fail_job", {"p_job_id": job["job_id"], "p_message": f"output mapping: {exc}"}
+    except (UndecodableRow, RecursionError, ValueError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        return "fail_job", {"p_job_id": job["job_id"], "p_message": f"final result: {reason}"}
     return "finish_job", {"p_job_id": job["job_id"], "p_final_result": result}
 
 

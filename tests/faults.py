@@ -408,13 +408,14 @@ def start_job(http: httpx.Client, stack: Stack, user: User, workflow_id: str, in
 
 def start_job_quietly(http: httpx.Client, stack: Stack, user: User, workflow_id: str,
                       input_data: dict[str, Any]) -> str:
-    """start_job over RPC with the user's token: the same SQL, but no orchestrator kick."""
+    """start_job over RPC as the service role, for `user`: the same SQL as
+    start-workflow, but no orchestrator kick."""
     version = stack.sql("select version from workflow.workflows where id = %s", (workflow_id,))[0][0]
     response = http.post(
         f"{stack.api_url}/rest/v1/rpc/start_job",
-        json={"p_workflow_id": workflow_id, "p_workflow_version": version, "p_input": input_data},
-        headers={"apikey": stack.sec.anon_key, "Authorization": f"Bearer {user.token}",
-                 "Content-Profile": "workflow"},
+        json={"p_user_id": user.id, "p_workflow_id": workflow_id, "p_workflow_version": version,
+              "p_input": input_data},
+        headers={**stack.service_headers(), "Content-Profile": "workflow"},
         timeout=15,
     )
     response.raise_for_status()

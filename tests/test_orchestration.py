@@ -133,9 +133,8 @@ def _pending_job(stack: Stack, *, hold: bool = False,
         step["retry"] = {"max_retries": 3, "initial_delay_s": 3600, "max_delay_s": 3600}
     wid = create_workflow(stack, {"steps": [step]})
     with stack.db() as conn, conn.transaction():
-        conn.execute("select set_config('request.jwt.claims', %s, true)",
-                     (json.dumps({"sub": user.id, "role": "authenticated"}),))
-        row = conn.execute("select workflow.start_job(%s, 1, '{}'::jsonb)", (wid,)).fetchone()
+        row = conn.execute("select workflow.start_job(%s, %s, 1, '{}'::jsonb)",
+                           (user.id, wid)).fetchone()
         assert row is not None
         job_id = str(row[0]["job_id"])
         if hold:  # in the same transaction: no orchestrator ever sees it due
@@ -209,18 +208,26 @@ def test_users_cancel_only_their_own_jobs(stack: Stack, api: Api) -> None:
                                              "retry": {"max_retries": 5, "initial_delay_s": 30}}]})
     job_id = start(api, user, wid, {})
 
-    def cancel(token: str) -> httpx.Response:
-        return httpx.post(f"{stack.api_url}/rest/v1/rpc/cancel_job", json={"p_job_id": job_id},
-                          headers={"apikey": stack.sec.anon_key, "Authorization": f"Bearer {token}",
-                                   "Content-Profile": "workflow"})
+    def cancel(token: str | None, target: str = job_id) -> httpx.Response:
+        return api.request("POST", f"/jobs/{target}/cancel", token)
 
     assert cancel(other.token).status_code == 404
+    assert cancel(None).status_code == 401
+    assert cancel(user.token, "not-a-uuid").status_code == 400
+    assert cancel(user.token, str(uuid.uuid4())).status_code == 404
+    assert wait_job(api, user, job_id, timeout_s=0)["status"] != "cancelled"
     response = cancel(user.token)
-    assert response.status_code == 200 and response.json()["cancelled"] is True
+    assert response.status_code == 200
+    assert response.json() == {"job_id": job_id, "cancelled": True, "status": "cancelled"}
     job = wait_job(api, user, job_id)
     assert job["status"] == "cancelled" and job["steps"][0]["status"] == "cancelled"
-    assert cancel(user.token).json()["cancelled"] is False
+    # Idempotent: a second cancel (a replay, or a job that finished) changes nothing.
+    again = cancel(user.token)
+    assert again.status_code == 200
+    assert again.json() == {"job_id": job_id, "cancelled": False, "status": "cancelled"}
     assert_consistent_log(stack, job)
+    assert [e["detail"].get("by") for e in events(stack, job_id)
+            if e["event_type"] == "job_cancelled"] == [user.id]
 
 
 def test_a_disconnected_caller_does_not_stop_the_orchestrator(stack: Stack, no_cron: None) -> None:
@@ -404,13 +411,11 @@ def test_two_orchestrators_dispatch_each_step_once(stack: Stack, no_cron: None) 
     user = stack.create_user()
     wid = create_workflow(stack, {"steps": [{"id": "only", "transformer": "transform",
                                              "inputs": {"i": "$.input.i"}}]})
-    claims = json.dumps({"sub": user.id, "role": "authenticated"})
     with stack.db() as conn, conn.transaction():
-        conn.execute("select set_config('request.jwt.claims', %s, true)", (claims,))
         conn.execute("insert into workflow.rate_limits (user_id, max_starts, window_seconds)"
                      " values (%s, 1000, 60)", (user.id,))
-        conn.execute("select workflow.start_job(%s, 1, jsonb_build_object('i', i))"
-                     " from generate_series(1, 200) i", (wid,))
+        conn.execute("select workflow.start_job(%s, %s, 1, jsonb_build_object('i', i))"
+                     " from generate_series(1, 200) i", (user.id, wid))
         conn.execute("update workflow.job_steps s set next_attempt_at = now() + interval '1 hour'"
                      " from workflow.jobs j where j.id = s.job_id and j.workflow_id = %s", (wid,))
     stack.sql("update workflow.job_steps s set next_attempt_at = now() from workflow.jobs j"

@@ -60,7 +60,7 @@ def execute(config: dict[str, Any], inputs: dict[str, Any], ctx: StepContext) ->
         tempfile.SpooledTemporaryFile(max_size=SPOOL_MAX_MEMORY) as spool,
     ):
         # identity: a compressed body would be inflated in memory before the cap applies.
-        request = client.build_request("GET", url, headers={"Accept-Encoding": "identity"})
+        request = netguard.build_request(client, "GET", url, headers={"Accept-Encoding": "identity"})
         with closing(netguard.send_checked(client, request)) as response:
             check_status(response)
             content_type = response.headers.get("Content-Type", "application/octet-stream").strip()

@@ -58,6 +58,17 @@ def _record(call: Callable[[], dict[str, Any]], keys: dict[str, Any]) -> dict[st
     raise AssertionError("unreachable")
 
 
+def check_output(output: Any) -> None:
+    """An output that is not JSON Postgres can store will not become one on a retry.
+    (How large and deep a stored output may be is complete_step's rule, in SQL.)"""
+    try:
+        json.dumps(output, allow_nan=False)
+    except RecursionError as exc:
+        raise StepError("the step's output is nested too deeply to encode", retryable=False) from exc
+    except (TypeError, ValueError) as exc:
+        raise StepError(f"the step's output is not JSON: {exc}", retryable=False) from exc
+
+
 def _outcome(recorded: dict[str, Any]) -> str:
     if not recorded.get("accepted"):
         return "stale"
@@ -82,7 +93,7 @@ def handle(request: api.Request, execute: Execute) -> api.Reply:
     api.logger.info("step started", extra={**keys, "transformer": req.transformer.id})
     try:
         output = execute(req.transformer.config, req.inputs, ctx)
-        json.dumps(output)  # the output must be JSON to be stored
+        check_output(output)
     except StepError as exc:
         message, retryable = exc.message, exc.retryable
         api.logger.warning("step failed", extra={**keys, "error": message, "retryable": retryable})

@@ -95,7 +95,7 @@ def execute(config: dict[str, Any], inputs: dict[str, Any], ctx: StepContext) ->
         "Idempotency-Key": f"{ctx.job_id}:{ctx.step_id}",
     }
     with netguard.guarded_client(timeout_s, config.get("allow_hosts") or ()) as client:
-        request = client.build_request("POST", url, content=body, headers=headers)
+        request = netguard.build_request(client, "POST", url, content=body, headers=headers)
         # A POST is never re-sent to a redirect target: it would skip the receiver's intent.
         with closing(netguard.send_checked(client, request, follow_redirects=False)) as response:
             payload, truncated = _read_capped(response)

@@ -4,6 +4,10 @@
 
 create schema if not exists workflow;
 grant usage on schema workflow to anon, authenticated, service_role;
+-- Users write only through the HTTP functions (which call SQL as the service
+-- role): no function in this schema is executable by anon or authenticated,
+-- including the ones later migrations add.
+alter default privileges in schema workflow revoke execute on functions from public;
 
 create or replace function workflow.touch_updated_at() returns trigger
 language plpgsql
@@ -111,7 +115,8 @@ create table workflow.jobs (
   next_retry_at timestamptz,
   state_history jsonb not null default '[]'::jsonb,
   idempotency_key text check (char_length(idempotency_key) between 1 and 255),
-  unique (user_id, idempotency_key)
+  -- A key names one start of one workflow by one user (like Stripe's keys).
+  unique (user_id, workflow_id, idempotency_key)
 );
 
 create index jobs_user_created_idx on workflow.jobs (user_id, created_at desc, id desc);

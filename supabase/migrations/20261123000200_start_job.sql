@@ -1,5 +1,6 @@
 -- Starting a job: one transaction creates the job, its steps and its first event.
--- Called over RPC with the user's token: auth.uid() owns the job.
+-- Called by the service role only (start-workflow, with the user it verified):
+-- users never call it themselves, so it checks everything that may not be trusted.
 
 -- Per-user limits on starts; a row with user_id null is the default for everyone.
 create table workflow.rate_limits (
@@ -12,6 +13,26 @@ create unique index rate_limits_default_idx on workflow.rate_limits ((user_id is
 alter table workflow.rate_limits enable row level security;
 grant all on workflow.rate_limits to service_role;
 insert into workflow.rate_limits (user_id, max_starts, window_seconds) values (null, 600, 60);
+
+-- Every JSON value the engine stores from outside (a job's input, a step's
+-- output) is bounded where it enters: at most 64 levels of nesting (a scalar is
+-- 0, `{"a": 1}` is 1) and at most 1 MiB of JSON text as Postgres prints it.
+-- Returns what is wrong, or null. `.**{64}` reaches the containers at level 64,
+-- i.e. inside 64 others, and stops there: the check never walks deeper.
+create or replace function workflow.value_problem(p_value jsonb) returns text
+language sql
+immutable
+set search_path = ''
+as $$
+  select case
+    when jsonb_path_exists(p_value,
+           'strict $.**{64} ? (@.type() == "object" || @.type() == "array")')
+      then 'nested more than 64 levels deep'
+    when octet_length(p_value::text) > 1048576
+      then format('%s bytes of JSON, over the 1 MiB (1048576-byte) cap',
+                  octet_length(p_value::text))
+  end
+$$;
 
 -- Appends one event to a job's log. Its sequence number comes from the log
 -- itself ((job_id, seq) is unique and indexed): the caller holds the job's row
@@ -103,47 +124,66 @@ as $$
 $$;
 
 create or replace function workflow.start_job(
-  p_workflow_id text, p_workflow_version integer, p_input jsonb,
+  p_user_id uuid, p_workflow_id text, p_workflow_version integer, p_input jsonb,
   p_idempotency_key text default null
 ) returns jsonb
 language plpgsql
-security definer
 set search_path = ''
 as $$
 declare
-  v_user uuid := auth.uid();
+  v_version integer;
   v_definition jsonb;
+  v_problem text;
   v_job workflow.jobs;
 begin
-  if v_user is null then
-    raise sqlstate 'PT401' using message = 'a user token is required to start a job';
+  if p_user_id is null then
+    raise sqlstate 'PT400' using message = 'a user id is required to start a job';
+  end if;
+  if jsonb_typeof(p_input) is distinct from 'object' then
+    raise sqlstate 'PT400' using message = 'input_data: must be a JSON object',
+      detail = 'invalid_input';
+  end if;
+  v_problem := workflow.value_problem(p_input);
+  if v_problem is not null then
+    raise sqlstate 'PT400' using message = 'input_data: ' || v_problem, detail = 'invalid_input';
   end if;
   -- Serialise one user's starts: the rate limit and idempotency hold under concurrency.
-  perform pg_advisory_xact_lock(hashtextextended(v_user::text, 42));
+  perform pg_advisory_xact_lock(hashtextextended(p_user_id::text, 42));
 
   if p_idempotency_key is not null then
     select * into v_job from workflow.jobs
-    where user_id = v_user and idempotency_key = p_idempotency_key;
+    where user_id = p_user_id and workflow_id = p_workflow_id
+      and idempotency_key = p_idempotency_key;
     if found then
+      if v_job.input_data is distinct from p_input then
+        raise sqlstate 'PT409' using detail = 'idempotency_conflict', message = format(
+          'idempotency_key %L was used for job %s with a different input', p_idempotency_key,
+          v_job.id);
+      end if;
       return jsonb_build_object('job_id', v_job.id, 'status', v_job.status,
                                 'created_at', v_job.created_at, 'existing', true);
     end if;
   end if;
 
-  select v.definition into v_definition
+  -- Only the current version starts: the caller validated the input against it.
+  select w.version, v.definition into v_version, v_definition
   from workflow.workflows w
-  join workflow.workflow_versions v on v.workflow_id = w.id and v.version = p_workflow_version
+  join workflow.workflow_versions v on v.workflow_id = w.id and v.version = w.version
   where w.id = p_workflow_id and w.is_active;
-  if v_definition is null then
+  if v_version is null then
     raise sqlstate 'PT404' using message = format('workflow %L not found', p_workflow_id);
   end if;
+  if p_workflow_version is distinct from v_version then
+    raise sqlstate 'PT409' using detail = 'workflow_changed', hint = v_version::text,
+      message = format('workflow %L is at version %s, not %s', p_workflow_id, v_version,
+                       p_workflow_version);
+  end if;
 
-  perform workflow.check_start_rate(v_user);
+  perform workflow.check_start_rate(p_user_id);
 
   insert into workflow.jobs (user_id, workflow_id, workflow_version, input_data,
                              idempotency_key, max_retries, state_history)
-  values (v_user, p_workflow_id, p_workflow_version, coalesce(p_input, '{}'::jsonb),
-          p_idempotency_key,
+  values (p_user_id, p_workflow_id, v_version, p_input, p_idempotency_key,
           coalesce((v_definition -> 'retry' ->> 'max_retries')::integer, 3),
           jsonb_build_array(jsonb_build_object('status', 'pending', 'at', now())))
   returning * into v_job;
@@ -156,12 +196,11 @@ begin
   from workflow.definition_steps(v_definition) d;
 
   perform workflow.append_event(v_job.id, 'job_created', p_to_status => 'pending',
-                                p_detail => jsonb_build_object('workflow_version', p_workflow_version));
+                                p_detail => jsonb_build_object('workflow_version', v_version));
   return jsonb_build_object('job_id', v_job.id, 'status', v_job.status,
                             'created_at', v_job.created_at, 'existing', false);
 end
 $$;
 
 revoke execute on all functions in schema workflow from public, anon, authenticated;
-grant execute on function workflow.start_job(text, integer, jsonb, text) to authenticated;
 grant execute on all functions in schema workflow to service_role;

@@ -71,11 +71,14 @@ $$;
 
 -- Claim up to p_limit runnable steps: ready, due, and not leased. Jobs are
 -- locked first (SKIP LOCKED), then their steps, so claims never wait.
+-- What the step reads (its input mapping, the job's input and step outputs, the
+-- transformer's config) comes as one JSON text per row, `payload`: the caller
+-- decodes each row on its own, so one row it cannot decode fails only its step.
 create or replace function workflow.claim_steps(p_limit integer default 10)
 returns table (
   job_id uuid, step_id text, attempt integer, lease_token uuid, lease_expires_at timestamptz,
-  timeout_s integer, inputs jsonb, input_data jsonb, step_data jsonb,
-  transformer_id text, transformer_type text, transformer_config jsonb, target_function text
+  timeout_s integer, transformer_id text, transformer_type text, target_function text,
+  payload text
 )
 language plpgsql
 set search_path = ''
@@ -130,9 +133,11 @@ begin
   return query
     select s.job_id, s.step_id, s.attempt, s.lease_token, s.lease_expires_at,
            coalesce((s.definition ->> 'timeout_s')::integer, 300),
-           coalesce(s.definition -> 'inputs', '{}'::jsonb),
-           j.input_data, j.step_data,
-           s.transformer_id, t.type, t.config, t.target_function
+           s.transformer_id, t.type, t.target_function,
+           jsonb_build_object(
+             'inputs', coalesce(s.definition -> 'inputs', '{}'::jsonb),
+             'input_data', j.input_data, 'step_data', j.step_data,
+             'transformer_config', coalesce(t.config, '{}'::jsonb))::text
     from workflow.job_steps s
     join workflow.jobs j on j.id = s.job_id
     left join workflow.transformers t on t.id = s.transformer_id
@@ -166,6 +171,7 @@ $$;
 -- step is complete the job stays `running` until finish_job stores final_result
 -- (built in Python from the output mapping); `finish` hands back what that needs,
 -- so the executor that completed the last step finishes the job in one more call.
+-- An output over the bounds (value_problem) fails the step for good instead.
 create or replace function workflow.complete_step(
   p_job_id uuid, p_step_id text, p_lease_token uuid, p_output jsonb
 ) returns jsonb
@@ -176,7 +182,12 @@ declare
   v_step workflow.job_steps;
   v_ready text[];
   v_finish jsonb;
+  v_problem text := workflow.value_problem(p_output);
 begin
+  if v_problem is not null then
+    return workflow.fail_step(p_job_id, p_step_id, p_lease_token,
+                              'the step''s output is ' || v_problem, false);
+  end if;
   v_step := workflow.lock_leased_step(p_job_id, p_step_id, p_lease_token);
   if v_step.id is null then
     return jsonb_build_object('accepted', false, 'reason', 'stale lease');
@@ -319,18 +330,20 @@ $$;
 
 -- Jobs whose steps are all complete but whose final result is not stored yet
 -- (complete_step returns its row; scheduled passes sweep up the jobs whose
--- finisher died before finishing them).
+-- finisher died before finishing them). Like claim_steps, what the final result
+-- is built from comes as JSON text, `payload`, decoded row by row.
 create or replace function workflow.finishable_jobs(
   p_limit integer default 50, p_job_id uuid default null
 )
-returns table (job_id uuid, input_data jsonb, step_data jsonb, output_mapping jsonb,
-               last_step_id text)
+returns table (job_id uuid, payload text)
 language sql
 stable
 set search_path = ''
 as $$
-  select j.id, j.input_data, j.step_data, v.definition -> 'output',
-         v.definition -> 'steps' -> -1 ->> 'id'
+  select j.id, jsonb_build_object(
+           'input_data', j.input_data, 'step_data', j.step_data,
+           'output_mapping', v.definition -> 'output',
+           'last_step_id', v.definition -> 'steps' -> -1 ->> 'id')::text
   from workflow.jobs j
   join workflow.workflow_versions v
     on v.workflow_id = j.workflow_id and v.version = j.workflow_version
@@ -362,26 +375,25 @@ begin
 end
 $$;
 
-create or replace function workflow.cancel_job(p_job_id uuid) returns jsonb
+-- Cancel a job for its owner (cancel-job passes the user it verified); another
+-- user's job is as missing as an unknown one. A finished job stays as it is.
+create or replace function workflow.cancel_job(p_job_id uuid, p_user_id uuid) returns jsonb
 language plpgsql
-security definer
 set search_path = ''
 as $$
 declare
   v_job workflow.jobs;
 begin
   select * into v_job from workflow.jobs where id = p_job_id for update;
-  -- Users may cancel their own jobs; the service role any job.
-  if not found or (coalesce(auth.role(), '') <> 'service_role'
-                   and v_job.user_id is distinct from auth.uid()) then
-    raise sqlstate 'PT404' using message = 'job not found';
+  if not found or v_job.user_id is distinct from p_user_id then
+    raise sqlstate 'PT404' using message = format('job %s not found', p_job_id);
   end if;
   if v_job.status in ('completed', 'failed', 'cancelled') then
-    return jsonb_build_object('cancelled', false, 'status', v_job.status);
+    return jsonb_build_object('job_id', p_job_id, 'cancelled', false, 'status', v_job.status);
   end if;
   perform workflow.cancel_unfinished_steps(p_job_id);
-  perform workflow.transition_job(p_job_id, 'cancelled');
-  return jsonb_build_object('cancelled', true, 'status', 'cancelled');
+  perform workflow.transition_job(p_job_id, 'cancelled', jsonb_build_object('by', p_user_id));
+  return jsonb_build_object('job_id', p_job_id, 'cancelled', true, 'status', 'cancelled');
 end
 $$;
 
@@ -399,8 +411,6 @@ as $$
 $$;
 
 revoke execute on all functions in schema workflow from public, anon, authenticated;
-grant execute on function workflow.start_job(text, integer, jsonb, text) to authenticated;
-grant execute on function workflow.cancel_job(uuid) to authenticated;
 grant execute on all functions in schema workflow to service_role;
 
 -- The built-in no-I/O transformer: reshapes data with the mapping language.

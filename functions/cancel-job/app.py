@@ -1,0 +1,16 @@
+"""POST /jobs/{jobId}/cancel: the owner cancels a job; its unfinished steps never run."""
+
+from __future__ import annotations
+
+from shared import api, auth, jobs
+
+
+def cancel_job(request: api.Request) -> api.Reply:
+    user = auth.verify_user(request.headers)
+    result = jobs.cancel(user, request.path_param("jobId"))
+    if result["cancelled"]:
+        api.logger.info("job cancelled", extra={"job_id": result["job_id"], "user_id": user.id})
+    return api.Reply(200, result)
+
+
+handler = api.handler_for(cancel_job)

@@ -67,7 +67,7 @@ def _key_for(token: str, alg: str) -> Any:
 def _claims(token: str) -> dict[str, Any]:
     try:
         alg = str(jwt.get_unverified_header(token).get("alg", ""))
-    except jwt.InvalidTokenError as exc:
+    except (jwt.InvalidTokenError, RecursionError) as exc:  # e.g. a header nested 3,000 deep
         raise invalid_token("malformed token") from exc
     key = _key_for(token, alg)
     try:
@@ -79,8 +79,8 @@ def _claims(token: str) -> dict[str, Any]:
         raise invalid_token("token expired") from exc
     except jwt.InvalidTokenError as exc:
         raise invalid_token(f"invalid token: {exc}") from exc
-    except (TypeError, ValueError) as exc:  # a key PyJWT cannot use for this token
-        raise invalid_token("token cannot be verified with its key") from exc
+    except (TypeError, ValueError, RecursionError) as exc:  # a key PyJWT cannot use; a deep payload
+        raise invalid_token("token cannot be verified") from exc
     return claims
 
 

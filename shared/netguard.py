@@ -143,6 +143,8 @@ class GuardedTransport(httpx.BaseTransport):
         if not host:
             raise StepError(f"refused URL {str(url)!r}: it has no host", retryable=False)
         port = url.port or DEFAULT_PORTS[url.scheme]
+        if not 0 < port < 65536:  # getaddrinfo would silently wrap it (99999 -> 34463)
+            raise StepError(f"unusable URL {str(url)!r}: port {port} is out of range", retryable=False)
         if is_allowlisted(host, port, self._allow):
             return self._inner.handle_request(request)
 

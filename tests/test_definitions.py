@@ -436,3 +436,19 @@ def test_input_schema_formats_are_checked() -> None:
 def test_step_id_with_a_trailing_newline_is_refused() -> None:
     problems = problems_of({"steps": [step("a\n")]})
     assert problems[0].startswith("steps.0.id: String should match pattern")
+
+
+def test_definitions_nested_too_deeply_are_definition_errors() -> None:
+    """A 3,000-deep mapping or input_schema raised RecursionError; now each names its place."""
+    deep: Any = "$.input.a"
+    for _ in range(3000):
+        deep = {"k": deep}
+    with pytest.raises(DefinitionError) as info:
+        parse_definition({"steps": [step("a", inputs={"x": deep})]})
+    assert info.value.problems[0].startswith("steps.0.inputs.x.k.k")
+    assert info.value.problems[0].endswith("nested more than 32 levels deep")
+    schema: Any = {"type": "object"}
+    for _ in range(3000):
+        schema = {"type": "object", "properties": {"a": schema}}
+    with pytest.raises(DefinitionError, match="input_schema: not a valid JSON Schema: nested too deeply"):
+        parse_definition({"steps": [step("a")], "input_schema": schema})

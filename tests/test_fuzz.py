@@ -17,7 +17,10 @@ fuzzing user, counted before and after).
 
 The tests at the end pin what the fuzz found: NUL characters, NaN/Infinity and
 lone surrogates in a body are a 400 (they once gave 502/500), and unrouted paths
-answer JSON like API Gateway.
+answer JSON like API Gateway. Since issue 9 the strategies also draw what a hostile
+user tried by hand: input nested up to thousands of levels, limits written with
+digits `int()` refuses, and forged tokens (wrong key type for the header's alg, other
+roles, subjects that are not user ids).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import base64
 import json
 import string
+import time
 import urllib.parse
 import uuid
 from collections.abc import Iterator
@@ -32,7 +36,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -134,6 +140,23 @@ raw_bodies = st.one_of(
 )
 
 
+def deep_bodies(workflow_id: str) -> st.SearchStrategy[bytes]:
+    """Start bodies whose input nests from under the 64-level bound to far past what
+    Python's JSON parser can take (raw bytes: the test's own json.dumps would recurse)."""
+    def body(depth: int, opener: bytes) -> bytes:
+        closer = b"]" if opener == b"[" else b"}"
+        inner = (opener * depth + closer * depth if opener == b"["
+                 else b'{"a":' * depth + b"1" + closer * depth)
+        return b'{"workflow_id": "%s", "input_data": {"name": "n", "x": %s}}' % (workflow_id.encode(), inner)
+    return st.builds(body, st.one_of(st.integers(55, 70), st.integers(120, 140), st.integers(900, 6000)),
+                     st.sampled_from([b"[", b"{"]))
+
+
+# Strings str.isdigit() (or int()) accepts that a plain decimal limit is not.
+ODD_DIGITS = ["\u00b2", "\u0661", "\u0663\u0660", "\U0001d7d0", "1_0", "+5", " 5", "5 ", "0x10", "1e1",
+              "\uff15", "-0", "05", "9" * 40]
+
+
 def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
@@ -156,7 +179,7 @@ def list_queries(draw: st.DrawFn) -> dict[str, str]:
         "status": st.one_of(st.sampled_from(STATUSES), st.text(max_size=20)),
         "workflow_id": st.text(max_size=60),
         "limit": st.one_of(st.integers(limit["minimum"], limit["maximum"]).map(str),
-                           st.integers().map(str), st.text(max_size=8)),
+                           st.integers().map(str), st.text(max_size=8), st.sampled_from(ODD_DIGITS)),
         "cursor": cursors,
     }
     valid: dict[str, st.SearchStrategy[str]] = {
@@ -171,19 +194,50 @@ def list_queries(draw: st.DrawFn) -> dict[str, str]:
     return query
 
 
+def odd_tokens(user: User, stack: Stack) -> list[str]:
+    """Tokens that verify in some ways and not others; each must be a 401."""
+    now = int(time.time())
+    claims = {"sub": user.id, "aud": "authenticated", "role": "authenticated", "exp": now + 600}
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    deep_header = _b64(b'{"alg":"HS256","x":' + b"[" * 3000 + b"]" * 3000 + b"}")
+    return [
+        jwt.encode(claims, rsa_key, algorithm="RS256", headers={"kid": stack.sec.es256_kid}),
+        jwt.encode(claims, rsa_key, algorithm="PS256", headers={"kid": stack.sec.es256_kid}),
+        jwt.encode(claims, stack.sec.jwt_secret, algorithm="HS512"),
+        jwt.encode(claims, key="", algorithm="none"),
+        *(stack.token(sub) for sub in ("", "not-a-uuid", f"urn:uuid:{user.id}", user.id.upper() + " ")),
+        *(stack.token(user.id, role=role)
+          for role in ("anon", "postgres", "service_role", "", "authenticator")),
+        stack.token(user.id, aud="authenticated", nbf=now + 3600),
+        f"{deep_header}.{_b64(json.dumps(claims).encode())}.sig",
+    ]
+
+
 @st.composite
 def auth_headers(draw: st.DrawFn, user: User, stack: Stack) -> dict[str, str]:
     """Mostly a valid token, so requests reach the handlers; sometimes anything but."""
     choice = draw(st.integers(0, 19))
-    if choice < 15:
+    if choice < 14:
         return {"Authorization": f"Bearer {draw(st.sampled_from([user.token, user.es256_token]))}"}
+    if choice < 17:
+        return {"Authorization": f"Bearer {draw(st.sampled_from(_odd_tokens(user, stack)))}"}
     bad = draw(st.sampled_from([
         "", "Bearer", f"bearer {user.token}", f"Bearer  {user.token}", f"Basic {user.token}",
         f"Bearer {user.token}x", f"Bearer {stack.token(user.id, exp_in=-600)}",
         f"Bearer {stack.token(user.id, aud='anon')}", f"Bearer {stack.sec.anon_key}",
         f"Bearer {stack.sec.service_role_key}", "Bearer a.b.c",
     ]))
-    return {} if choice == 15 else {"Authorization": bad}
+    return {} if choice == 17 else {"Authorization": bad}
+
+
+_TOKENS: dict[str, list[str]] = {}
+
+
+def _odd_tokens(user: User, stack: Stack) -> list[str]:
+    """odd_tokens, made once per user (an RSA key takes a while to generate)."""
+    if user.id not in _TOKENS:
+        _TOKENS[user.id] = odd_tokens(user, stack)
+    return _TOKENS[user.id]
 
 
 # The harness ------------------------------------------------------------------------
@@ -242,7 +296,7 @@ def fuzz(stack: Stack) -> Iterator[Fuzz]:
 def test_fuzz_start_workflow(fuzz: Fuzz) -> None:
     @SETTINGS
     @given(body=start_bodies(fuzz.workflow), headers=auth_headers(fuzz.user, fuzz.stack),
-           as_raw=st.integers(0, 9), raw=raw_bodies)
+           as_raw=st.integers(0, 9), raw=st.one_of(raw_bodies, deep_bodies(fuzz.workflow)))
     def run(body: Any, headers: dict[str, str], as_raw: int, raw: bytes) -> None:
         if as_raw == 0:
             fuzz.send("POST", "/workflows/start", raw=raw, headers=headers)
@@ -286,6 +340,36 @@ def test_fuzz_get_job(fuzz: Fuzz) -> None:
         fuzz.send("GET", f"/jobs/{urllib.parse.quote(job_id, safe='')}", template="/jobs/x", headers=headers)
 
     run()
+
+
+def test_fuzz_cancel_job(fuzz: Fuzz) -> None:
+    job_ids = st.one_of(st.sampled_from(fuzz.job_ids), st.uuids().map(str),
+                        st.text(min_size=1, max_size=80).filter(_one_segment))
+
+    @settings(SETTINGS, max_examples=80)
+    @given(job_id=job_ids, headers=auth_headers(fuzz.user, fuzz.stack), raw=raw_bodies)
+    def run(job_id: str, headers: dict[str, str], raw: bytes) -> None:
+        response = fuzz.send("POST", f"/jobs/{urllib.parse.quote(job_id, safe='')}/cancel",
+                             template="/jobs/x/cancel", raw=raw, headers=headers)
+        if response.status_code == 200:
+            assert job_id in fuzz.job_ids and response.json()["job_id"] == job_id
+
+    run()
+
+
+def test_every_odd_token_is_a_401(fuzz: Fuzz) -> None:
+    """The forged tokens the strategies draw from, each tried on every user route."""
+    problems = []
+    for token in _odd_tokens(fuzz.user, fuzz.stack):
+        for method, path, template in (("GET", "/jobs", None), ("POST", "/workflows/start", None),
+                                       ("GET", f"/jobs/{fuzz.job_ids[0]}", "/jobs/x"),
+                                       ("POST", f"/jobs/{fuzz.job_ids[0]}/cancel", "/jobs/x/cancel")):
+            body = json.dumps({"workflow_id": fuzz.workflow, "input_data": {"name": "n"}}).encode()
+            response = fuzz.send(method, path, template=template, raw=body,
+                                 headers={"Authorization": f"Bearer {token}"})
+            if response.status_code != 401 or response.json()["error"]["code"] != "invalid_token":
+                problems.append(f"{method} {path} {token[:40]}... -> {response.status_code} {response.text}")
+    assert not problems, "\n".join(problems)
 
 
 def test_fuzz_internal_routes_refuse_strangers(stack: Stack) -> None:

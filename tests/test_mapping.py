@@ -223,3 +223,27 @@ def test_step_references() -> None:
 def test_step_references_rejects_malformed() -> None:
     with pytest.raises(MappingError):
         step_references({"x": "$.steps.a.outputs"})
+
+
+@pytest.mark.timeout(20)
+def test_templates_parse_in_linear_time() -> None:
+    """`"{{" + N spaces + "x"` took cubic time with the old regex (N=4,000: 33 s); a
+    single scan takes milliseconds for N=1,000,000, so the timeout is the assertion."""
+    for text in ("{{" + " " * 1_000_000 + "x", "{{ $.input.a " * 200_000,
+                 "{{" * 500_000, "{{ $.input.a }}" * 100_000 + "{{"):
+        with pytest.raises(MappingError, match=r"not closed|not a valid"):
+            validate({"t": text})
+    assert len(resolve("{{ $.input.a }}" * 100_000, {"input": {"a": "z"}})) == 100_000
+
+
+def test_a_mapping_nested_too_deeply_is_a_mapping_error() -> None:
+    """3,000 levels once raised RecursionError; past MAX_DEPTH is a clear error."""
+    deep: Any = "$.input.a"
+    for _ in range(3000):
+        deep = {"k": [deep]}
+    with pytest.raises(MappingError, match="nested more than 32 levels deep"):
+        validate(deep)
+    shallow: Any = "$.input.a"
+    for _ in range(16):
+        shallow = {"k": [shallow]}
+    validate(shallow)  # 32 levels: at the limit, accepted

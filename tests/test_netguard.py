@@ -381,3 +381,24 @@ def test_https_to_a_pinned_address_verifies_the_hostname(
     with pytest.raises(StepError) as info:
         get(tls_target.url("/ok", host="other.example.test", scheme="https"))
     assert "certificate" in info.value.message.lower()
+
+
+def test_a_refusal_states_the_rule_not_the_address(
+    target: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The step's error reaches the workflow's user: it must not map internal names."""
+    fake_dns(monkeypatch, {"vm": ["127.0.0.1"]})
+    error = refused(target.url("/ok", host="vm"))
+    assert "'vm'" in error.message and "not a public address" in error.message
+    assert "127.0.0.1" not in error.message
+    assert target.hosts == []
+
+
+@pytest.mark.parametrize("url", ["http://0177.0.0.1/x.wav", "http://[::1/x", "http://1.2.3.999/",
+                                 "http://8.8.8.8:99999/x", "http://127.0.0.1:70000/"])
+def test_a_url_httpx_cannot_use_is_a_permanent_failure(url: str) -> None:
+    """It once raised httpx.InvalidURL, which the executor retried 4 times. A port out of
+    range is refused before getaddrinfo wraps it around (99999 -> 34463)."""
+    with netguard.guarded_client(5.0, ["127.0.0.1:70000"]) as client, pytest.raises(StepError) as info:
+        netguard.send_checked(client, netguard.build_request(client, "GET", url))
+    assert info.value.retryable is False and "unusable URL" in info.value.message

@@ -24,16 +24,26 @@ class PortTaken(SystemExit):
     pass
 
 
-def check_port_free(host: str, port: int, env_name: str) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            raise PortTaken(
-                f"port {port} on {host} is taken by another process; "
-                f"stop it or choose another port with {env_name}=<port>"
-            ) from None
+# The stack's ports lie inside Linux's ephemeral range (32768-60999), so a short-lived
+# outgoing connection can hold one for a moment: wait that out before giving up.
+PORT_WAIT_S = 10.0
+
+
+def check_port_free(host: str, port: int, env_name: str, wait_s: float = PORT_WAIT_S) -> None:
+    deadline = time.monotonic() + wait_s
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+                return
+            except OSError:
+                if time.monotonic() >= deadline or port_in_use(host, port):
+                    raise PortTaken(
+                        f"port {port} on {host} is taken by another process; "
+                        f"stop it or choose another port with {env_name}=<port>"
+                    ) from None
+        time.sleep(0.2)
 
 
 def port_in_use(host: str, port: int) -> bool:

@@ -353,3 +353,23 @@ def test_gateway_workers_get_tcp_nodelay_connections() -> None:
     unnamed = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # as uvicorn's bind_socket
     unnamed.bind(("127.0.0.1", 0))
     assert _nodelay_of_accepted(unnamed) == 0
+
+
+def test_a_port_held_by_a_passing_connection_is_waited_for() -> None:
+    """The stack's ports lie in the ephemeral range: a client socket bound to one (not
+    listening) is waited out; a server listening there is refused at once."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))  # bound like a client's ephemeral port, not listening
+    port = int(holder.getsockname()[1])
+    threading.Timer(0.5, holder.close).start()
+    started = time.monotonic()
+    supervisor.check_port_free("127.0.0.1", port, "X_PORT", wait_s=10)
+    assert 0.3 < time.monotonic() - started < 5
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        started = time.monotonic()
+        with pytest.raises(supervisor.PortTaken):
+            supervisor.check_port_free("127.0.0.1", int(server.getsockname()[1]), "X_PORT", wait_s=10)
+        assert time.monotonic() - started < 2

@@ -63,10 +63,11 @@ class Request:
     def path_param(self, name: str) -> str:
         return str((self.event.path_parameters or {}).get(name, ""))
 
-    def body(self) -> bytes:
-        """The request body, size-capped before anything parses it."""
+    def body(self, limit: int | None = None) -> bytes:
+        """The request body, size-capped (by default at the user routes' cap) before
+        anything parses it."""
         raw = self.event.body or ""
-        limit = settings().max_body_bytes
+        limit = settings().max_body_bytes if limit is None else limit
         if len(raw) > limit * 4 // 3 + 4:
             raise ApiError(413, "payload_too_large", f"request body exceeds {limit} bytes")
         try:
@@ -77,8 +78,8 @@ class Request:
             raise ApiError(413, "payload_too_large", f"request body exceeds {limit} bytes")
         return data
 
-    def json_object(self) -> dict[str, Any]:
-        data = self.body()
+    def json_object(self, max_bytes: int | None = None) -> dict[str, Any]:
+        data = self.body(max_bytes)
         if not data.strip():
             raise ApiError(400, "invalid_json", "request body must be a JSON object")
         try:

@@ -8,6 +8,7 @@ caller learns what was wrong, the logs never see a traceback for it.
 from __future__ import annotations
 
 import hmac
+import time
 import uuid
 from dataclasses import dataclass
 from functools import cache
@@ -31,10 +32,29 @@ class User:
     claims: dict[str, Any]
 
 
+# A token naming a key the cached set lacks refetches the set at most this often, so
+# forged kids cannot make every request wait on the JWKS endpoint.
+JWKS_REFRESH_S = 60.0
+_last_refresh = [0.0]
+
+
 @cache
 def _jwks() -> jwt.PyJWKClient:
-    """Cached keys; PyJWKClient refetches the set when a token names an unknown kid."""
+    """The project's signing keys, cached for 10 minutes."""
     return jwt.PyJWKClient(settings().jwks_url, cache_keys=True, lifespan=600, timeout=5)
+
+
+def _signing_key(kid: str) -> jwt.PyJWK:
+    """The JWKS key named `kid`, refetching the set for an unknown one (rotation) at most
+    once per JWKS_REFRESH_S. Only the header is read: the payload is still unverified."""
+    client = _jwks()
+    key = client.match_kid(client.get_signing_keys(), kid)
+    if key is None and time.monotonic() - _last_refresh[0] > JWKS_REFRESH_S:
+        _last_refresh[0] = time.monotonic()
+        key = client.match_kid(client.get_signing_keys(refresh=True), kid)
+    if key is None:
+        raise invalid_token("token signed by an unknown key")
+    return key
 
 
 def bearer_token(headers: dict[str, str] | None) -> str:
@@ -45,14 +65,14 @@ def bearer_token(headers: dict[str, str] | None) -> str:
     return token.strip()
 
 
-def _key_for(token: str, alg: str) -> Any:
+def _key_for(header: dict[str, Any], alg: str) -> Any:
     if alg == "HS256":
         if not settings().jwt_secret:
             raise invalid_token("HS256 tokens are not accepted by this deployment")
         return settings().jwt_secret
     if alg in ASYMMETRIC:
         try:
-            signing_key = _jwks().get_signing_key_from_jwt(token)
+            signing_key = _signing_key(str(header.get("kid", "")))
         except jwt.PyJWKClientConnectionError as exc:
             raise ApiError(503, "auth_unavailable", "cannot fetch the signing keys") from exc
         except jwt.PyJWKClientError as exc:
@@ -66,10 +86,11 @@ def _key_for(token: str, alg: str) -> Any:
 
 def _claims(token: str) -> dict[str, Any]:
     try:
-        alg = str(jwt.get_unverified_header(token).get("alg", ""))
+        header = jwt.get_unverified_header(token)
     except (jwt.InvalidTokenError, RecursionError) as exc:  # e.g. a header nested 3,000 deep
         raise invalid_token("malformed token") from exc
-    key = _key_for(token, alg)
+    alg = str(header.get("alg", ""))
+    key = _key_for(header, alg)
     try:
         claims: dict[str, Any] = jwt.decode(
             token, key, algorithms=[alg], audience="authenticated",
@@ -79,7 +100,8 @@ def _claims(token: str) -> dict[str, Any]:
         raise invalid_token("token expired") from exc
     except jwt.InvalidTokenError as exc:
         raise invalid_token(f"invalid token: {exc}") from exc
-    except (TypeError, ValueError, RecursionError) as exc:  # a key PyJWT cannot use; a deep payload
+    except Exception as exc:
+        # type, a payload nested 3,000 deep, `exp: 1e400`) is still just an invalid token.
         raise invalid_token("token cannot be verified") from exc
     return claims
 

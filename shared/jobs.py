@@ -62,8 +62,13 @@ def _encode_cursor(job: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+MAX_CURSOR_CHARS = 200  # ours are ~100: [timestamp, uuid] in base64
+
+
 def _decode_cursor(cursor: str) -> tuple[str, str]:
     """Checked here, so that Postgres only ever sees a timestamp and a UUID it can read."""
+    if len(cursor) > MAX_CURSOR_CHARS:
+        raise bad_request("cursor is not valid")
     try:
         created_at, job_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         timestamp = datetime.fromisoformat(str(created_at))

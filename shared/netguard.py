@@ -25,6 +25,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import urllib.parse
 from collections.abc import Collection
 from typing import Any
 
@@ -142,7 +143,7 @@ class GuardedTransport(httpx.BaseTransport):
         host = url.raw_host.decode("ascii")  # IDNA-encoded, as DNS sees it
         if not host:
             raise StepError(f"refused URL {str(url)!r}: it has no host", retryable=False)
-        port = url.port or DEFAULT_PORTS[url.scheme]
+        port = DEFAULT_PORTS[url.scheme] if url.port is None else url.port
         if not 0 < port < 65536:  # getaddrinfo would silently wrap it (99999 -> 34463)
             raise StepError(f"unusable URL {str(url)!r}: port {port} is out of range", retryable=False)
         if is_allowlisted(host, port, self._allow):
@@ -183,13 +184,23 @@ def guarded_client(timeout: float, allow_hosts: Collection[str] = ()) -> httpx.C
     )
 
 
+def check_url(url: str) -> None:
+    """Refuse, for good, a URL that httpx or urllib cannot even parse (`http://[::1/`,
+    `http://0177.0.0.1/`): a retry would fail the same way."""
+    try:
+        parsed = httpx.URL(url)
+        urllib.parse.urlsplit(url)
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise StepError(f"unusable URL {url!r}: {exc}", retryable=False) from exc
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise StepError(f"unusable URL {url!r}: port {parsed.port} is out of range", retryable=False)
+
+
 def build_request(client: httpx.Client, method: str, url: str, **kwargs: Any) -> httpx.Request:
     """client.build_request, where a URL httpx cannot use (`http://0177.0.0.1/`, a bad
     port) is the workflow's mistake: a permanent step failure, not a retried crash."""
-    try:
-        return client.build_request(method, url, **kwargs)
-    except httpx.InvalidURL as exc:
-        raise StepError(f"unusable URL {url!r}: {exc}", retryable=False) from exc
+    check_url(url)
+    return client.build_request(method, url, **kwargs)
 
 
 def send_checked(

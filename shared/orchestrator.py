@@ -134,7 +134,15 @@ class Pass:
         self.summary = PassSummary()
 
     async def finish_job(self, job: dict[str, Any]) -> None:
-        outcome = await state.finish_async(self.client, job)
+        """One job's finish; a failure here (other than the database being down) is logged
+        and left to the next scheduled pass, never the end of this pass."""
+        try:
+            outcome = await state.finish_async(self.client, job)
+        except (APIError, httpx.HTTPError):
+            raise
+        except Exception:  # noqa: BLE001 - one job's bad data must not stop the pass
+            logger.exception("finishing a job failed", extra={"job_id": job.get("job_id")})
+            return
         if outcome == "completed":
             self.summary.jobs_finished += 1
         if outcome:
@@ -157,8 +165,9 @@ class Pass:
         except RecursionError:
             await self._fail(step, "inputs: nested too deeply to send", retryable=False)
             return
-        except (state.UndecodableRow, ValueError, TypeError) as exc:
-            await self._fail(step, f"cannot prepare the step: {exc}", retryable=False)
+        except Exception as exc:  # noqa: BLE001 - whatever is wrong with this row is its own
+            await self._fail(step, f"cannot prepare the step: {type(exc).__name__}: {exc}",
+                             retryable=False)
             return
         self.summary.dispatched += 1
         try:
@@ -180,8 +189,8 @@ class Pass:
 
     @staticmethod
     def executor_request(step: state.ClaimedStep) -> bytes:
-        """The executor's request body. Any failure here is this row's alone (section 4,
-        Isolate): the caller fails this step for good and the batch goes on."""
+        """The executor's request body. Any failure here is this row's alone: the caller
+        fails this step for good and the batch goes on."""
         payload = step.read()
         inputs = mapping.resolve(payload.inputs,
                                  state.mapping_context(payload.input_data, payload.step_data))

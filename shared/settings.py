@@ -25,6 +25,10 @@ class Settings:
     functions_url: str
     max_body_bytes: int
     jwt_leeway_s: int
+    # An executor's request carries a step's resolved inputs: the job's input and
+    # earlier outputs (each up to 1 MiB), so it may exceed what a user may send.
+    # 6 MiB is a synchronous Lambda invocation's own limit.
+    max_internal_body_bytes: int = 6 * 1024 * 1024
     rest_url_override: str = ""
 
     @property
@@ -49,5 +53,6 @@ def settings() -> Settings:
         functions_url=env.get("SUPAFLOW_FUNCTIONS_URL", "").rstrip("/"),
         max_body_bytes=_int("SUPAFLOW_MAX_BODY_BYTES", 1024 * 1024),
         jwt_leeway_s=_int("SUPAFLOW_JWT_LEEWAY_S", 30),
+        max_internal_body_bytes=_int("SUPAFLOW_MAX_INTERNAL_BODY_BYTES", 6 * 1024 * 1024),
         rest_url_override=env.get("SUPAFLOW_REST_URL", "").rstrip("/"),
     )

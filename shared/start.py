@@ -46,6 +46,8 @@ _latest_version: dict[str, int] = {}
 
 
 def _current_version(workflow_id: str) -> int:
+    """The version a start runs now; a 404 when the workflow is missing or inactive."""
+    _latest_version.pop(workflow_id, None)
     rows = db.rows(
         db.as_service().table("workflows").select("version")
         .eq("id", workflow_id).eq("is_active", True).limit(1).execute().data
@@ -77,28 +79,32 @@ def definition(workflow_id: str, version: int) -> WorkflowDefinition:
         raise ApiError(422, "invalid_workflow", f"stored workflow is invalid: {exc}") from exc
 
 
-def start_job(user: User, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    """Validate, then create the job in one SQL transaction. Returns (status, body)."""
+def _start_job_rpc(user: User, req: StartRequest, version: int | None) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "p_user_id": user.id,
+        "p_workflow_id": req.workflow_id,
+        "p_workflow_version": version,
+        "p_input": req.input_data,
+        "p_idempotency_key": req.idempotency_key,
+    }
+    return db.obj(db.as_service().rpc("start_job", params).execute().data)
+
+
+def _start(user: User, req: StartRequest) -> tuple[int, dict[str, Any]]:
     try:
-        req = StartRequest.model_validate(body)
-    except ValidationError as exc:
-        raise bad_request(_first_problem(exc)) from exc
-    try:
-        version = _latest_version.get(req.workflow_id) or _current_version(req.workflow_id)
+        remembered = _latest_version.get(req.workflow_id)
+        version = remembered or _current_version(req.workflow_id)
         for _ in range(MAX_VERSION_RETRIES):
             try:
                 validate_input(definition(req.workflow_id, version), req.input_data)
             except InputError as exc:
+                if version == remembered:  # a refusal is answered from the current state
+                    remembered = None
+                    version = _latest_version[req.workflow_id] = _current_version(req.workflow_id)
+                    continue
                 raise ApiError(400, "invalid_input", str(exc)) from exc
-            params: dict[str, Any] = {
-                "p_user_id": user.id,
-                "p_workflow_id": req.workflow_id,
-                "p_workflow_version": version,
-                "p_input": req.input_data,
-                "p_idempotency_key": req.idempotency_key,
-            }
             try:
-                result = db.obj(db.as_service().rpc("start_job", params).execute().data)
+                result = _start_job_rpc(user, req, version)
             except APIError as exc:
                 if exc.code == "PT409" and exc.details == "workflow_changed" and exc.hint:
                     version = _latest_version[req.workflow_id] = int(exc.hint)
@@ -112,3 +118,37 @@ def start_job(user: User, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     except APIError as exc:
         raise db.api_error(exc) from exc
     raise ApiError(409, "workflow_changed", f"workflow {req.workflow_id!r} kept changing; retry")
+
+
+def _replay(user: User, req: StartRequest) -> tuple[int, dict[str, Any]] | None:
+    """The job an earlier start with this key created, if there is one. start_job with no
+    version creates nothing: it answers an existing key (or its conflict) and refuses the
+    rest, so the idempotency rule stays in SQL."""
+    try:
+        result = _start_job_rpc(user, req, None)
+    except APIError as exc:
+        if exc.code == "PT409" and exc.details == "idempotency_conflict":
+            raise db.api_error(exc) from exc
+        return None
+    return (200, result) if result.pop("existing", False) else None
+
+
+def start_job(user: User, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """Validate, then create the job in one SQL transaction. Returns (status, body).
+
+    A retried start (same idempotency key) gets its job back even when the workflow has
+    since changed its input_schema or been deactivated: the replay is checked before
+    such a refusal is answered."""
+    try:
+        req = StartRequest.model_validate(body)
+    except ValidationError as exc:
+        raise bad_request(_first_problem(exc)) from exc
+    try:
+        return _start(user, req)
+    except ApiError as err:
+        if req.idempotency_key is None or err.status not in (400, 404, 422):
+            raise
+        replayed = _replay(user, req)
+        if replayed is None:
+            raise
+        return replayed

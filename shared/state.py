@@ -95,17 +95,20 @@ def finish_call(job: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         json.dumps(result, allow_nan=False)  # what finish_job is sent must encode
     except mapping.MappingError as exc:
         return "fail_job", {"p_job_id": job["job_id"], "p_message": f"output mapping: {exc}"}
-    except (UndecodableRow, RecursionError, ValueError) as exc:
-        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
-        return "fail_job", {"p_job_id": job["job_id"], "p_message": f"final result: {reason}"}
+    except RecursionError:
+        return "fail_job", {"p_job_id": job["job_id"], "p_message": "final result: nested too deeply"}
+    except Exception as exc:  # noqa: BLE001 - stored data that cannot make a result fails its job
+        return "fail_job", {"p_job_id": job["job_id"], "p_message": f"final result: {exc}"}
     return "finish_job", {"p_job_id": job["job_id"], "p_final_result": result}
 
 
 def _finish_outcome(fn: str, data: Any) -> str:
-    """`completed`, `failed` (output mapping), or `` when another caller finished it first."""
+    """`completed`, `failed` (the final result could not be built or is over the bounds),
+    or `` when another caller finished the job first."""
     if fn == "fail_job":
         return "failed"
-    return "completed" if db.obj(data).get("accepted") else ""
+    answer = db.obj(data)
+    return str(answer.get("status", "completed")) if answer.get("accepted") else ""
 
 
 # Executors (synchronous) --------------------------------------------------------

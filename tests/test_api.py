@@ -125,6 +125,7 @@ def test_bad_requests_get_clear_errors_and_write_nothing(
                    {"limit": "\u0661"}, {"limit": " 5"}, {"status": "done"},
                    {"cursor": "%%%"}, {"cursor": base64.urlsafe_b64encode(b'["x", 1]').decode()},
                    cursor("0"), cursor("2026-13-01T00:00:00+00:00"), cursor("2026-11-24T00:00:00"),
+                   {"cursor": base64.urlsafe_b64encode(b"[" * 4000).decode()},  # was a 500
                    {"bogus": "1"}):
         response = api.request("GET", "/jobs", user.token, params=params)
         assert response.status_code == 400, (params, response.text)

@@ -362,3 +362,13 @@ def test_content_type_patterns(content_type: str, patterns: list[str], allowed: 
 )
 def test_filename_from_url(url: str, name: str) -> None:
     assert http_download.filename_from_url(url) == name
+
+
+@pytest.mark.parametrize("url", ["http://[::1/x.wav", "http://[zz]/x.wav", "http://0177.0.0.1/x.wav",
+                                 "http://example.test:0/x.wav", "http://\uff21\u2100b/x.wav"])
+def test_a_url_that_cannot_be_parsed_fails_the_step_for_good(url: str) -> None:
+    """urlsplit (for the file name) raised ValueError before netguard saw the URL, and
+    the runtime retried that as a crash."""
+    with pytest.raises(StepError) as info:
+        http_download.execute({"bucket": "b"}, {"url": url}, ctx())
+    assert info.value.retryable is False and "unusable URL" in info.value.message

@@ -1,4 +1,4 @@
-"""The trust boundary (DESIGN.md sections 4 "Isolate" and 9), tried as a hostile user would.
+"""The trust boundary (README: "The trust boundary"), tried as a hostile user would.
 
 Each test pins one finding of the review that opened issue 9; each failed on the code
 before the fix. Users write only through the functions; every value is bounded where it
@@ -7,6 +7,10 @@ enters; one bad row fails only its own step; every bad token is a 401 `invalid_t
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
 import time
 import uuid
 from typing import Any
@@ -84,6 +88,17 @@ def test_a_poison_row_fails_only_its_own_step(stack: Stack, no_cron: None) -> No
         conn.execute(
             "insert into workflow.job_steps (job_id, step_id, transformer_id, definition, status)"
             " values (%s, 'echo', 'transform', %s, 'completed')", (stranded, Jsonb(ECHO["steps"][0])))
+        # Numbers a definition written around the API got wrong: a claim casts them for
+        # its whole batch, a lease recovery for every expired step.
+        odd = {**ECHO["steps"][0], "timeout_s": "soon",
+               "retry": {"multiplier": 10**400, "initial_delay_s": "x"}}
+        odd_job = str(conn.execute(
+            "insert into workflow.jobs (user_id, workflow_id, workflow_version, input_data)"
+            " values (%s, %s, 1, '{\"x\": 0}') returning id", (poisoner.id, wid)).fetchone()[0])  # type: ignore[index]
+        conn.execute(
+            "insert into workflow.job_steps (job_id, step_id, transformer_id, definition, status,"
+            " next_attempt_at) values (%s, 'echo', 'transform', %s, 'ready', '-infinity')",
+            (odd_job, Jsonb(odd)))
         fine = [str(conn.execute("select workflow.start_job(%s, %s, 1, %s) ->> 'job_id'",
                                  (u.id, wid, Jsonb({"x": i}))).fetchone()[0])  # type: ignore[index]
                 for i, u in enumerate(others)]
@@ -95,8 +110,9 @@ def test_a_poison_row_fails_only_its_own_step(stack: Stack, no_cron: None) -> No
     assert summary["claimed"] >= 4 and summary["failed"] >= 1, summary
 
     rows = dict(stack.sql("select id::text, status from workflow.jobs where id = any(%s::uuid[])",
-                          ([*fine, poison, stranded],)))
+                          ([*fine, poison, stranded, odd_job],)))
     assert [rows[j] for j in fine] == ["completed"] * 3, "other users' jobs waited for a lease"
+    assert rows[odd_job] == "completed", "malformed numbers read as their defaults"
     assert rows[poison] == "failed" and rows[stranded] == "failed"
     step = stack.sql("select status, attempt, error from workflow.job_steps where job_id = %s",
                      (poison,))[0]
@@ -110,7 +126,6 @@ def test_a_poison_row_fails_only_its_own_step(stack: Stack, no_cron: None) -> No
 
 
 WRITERS = [
-    ("start_job", {"p_workflow_id": "x", "p_workflow_version": 1, "p_input": {}}),
     ("start_job", {"p_user_id": str(uuid.uuid4()), "p_workflow_id": "x",
                    "p_workflow_version": 1, "p_input": {}}),
     ("cancel_job", {"p_job_id": str(uuid.uuid4()), "p_user_id": str(uuid.uuid4())}),
@@ -133,7 +148,9 @@ def test_users_cannot_call_state_changing_sql(
     before = writes_of(stack, user)
     for token in (user.token, stack.sec.anon_key):
         response = rest(stack, "POST", f"/rpc/{function}", token, json=params)
-        assert response.status_code in (401, 403, 404), (function, response.text)
+        # 42501 (permission denied): 403 for a signed-in user, 401 for anon.
+        assert response.status_code in (401, 403), (function, response.text)
+        assert response.json()["code"] == "42501", response.text
     assert writes_of(stack, user) == before
 
 
@@ -186,11 +203,30 @@ def test_start_job_itself_checks_what_it_is_given(stack: Stack) -> None:
 # Finding 3: tokens ------------------------------------------------------------------------
 
 
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _hs256(stack: Stack, header: bytes, payload: bytes) -> str:
+    """A token signed with the project secret whose JSON PyJWT would never write."""
+    signing_input = f"{_b64(header)}.{_b64(payload)}"
+    mac = hmac.new(stack.sec.jwt_secret.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{_b64(mac)}"
+
+
 def _forged_tokens(stack: Stack, user: User) -> dict[str, str]:
     now = int(time.time())
     claims = {"sub": user.id, "aud": "authenticated", "role": "authenticated", "exp": now + 600}
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    es_header = _b64(json.dumps({"alg": "ES256", "kid": stack.sec.es256_kid}).encode())
     tokens = {
+        # The JWKS's kid with a payload that is not JSON, or nested 3,000 deep: 500s once.
+        "es256 kid, payload not json": f"{es_header}.{_b64(b'[1,')}.c2ln",
+        "es256 kid, payload 3000 deep": f"{es_header}.{_b64(b'[' * 3000 + b']' * 3000)}.c2ln",
+        # PyJWT computes int(exp): 1e400 is infinity, an OverflowError (a 500 once).
+        "exp 1e400": _hs256(stack, b'{"alg":"HS256","typ":"JWT"}', (
+            b'{"sub":"%s","aud":"authenticated","role":"authenticated","exp":1e400}'
+            % user.id.encode())),
         # An RS256 header naming the JWKS's EC key: PyJWT raised TypeError (a 500).
         "rs256 with the ec kid": jwt.encode(claims, rsa_key, algorithm="RS256",
                                             headers={"kid": stack.sec.es256_kid}),
@@ -221,6 +257,13 @@ def test_every_bad_token_is_a_401_invalid_token(stack: Stack, api: Api) -> None:
             assert response.status_code == 401, (name, path, response.text)
             assert response.json()["error"]["code"] == "invalid_token", (name, path)
     assert writes_of(stack, user) == before
+
+    # A real signature for a user that does not exist (deleted, say): reads find
+    # nothing; a start, which would own a job, is refused (it once answered 502).
+    ghost = stack.token(str(uuid.uuid4()))
+    response = api.start(ghost, {"workflow_id": wid, "input_data": {"x": 2}})
+    assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_token"
+    assert api.request("GET", "/jobs", ghost).json()["jobs"] == []
 
 
 # Smaller findings -----------------------------------------------------------------------
@@ -254,8 +297,8 @@ def test_an_output_over_the_bounds_fails_its_step_clearly(
                               (user.id, wid)).fetchone()[0]  # type: ignore[index]
         conn.execute("update workflow.job_steps set next_attempt_at = '-infinity' where job_id = %s",
                      (job_id,))
-        claimed = conn.execute("select lease_token from workflow.claim_steps(1)").fetchall()
-    assert len(claimed) == 1
+        claimed = conn.execute("select lease_token, job_id::text from workflow.claim_steps(1)").fetchall()
+    assert len(claimed) == 1 and claimed[0][1] == job_id
     recorded = httpx.post(
         f"{stack.api_url}/rest/v1/rpc/complete_step", timeout=30,
         headers={**stack.service_headers(), "Content-Profile": "workflow"},
@@ -267,6 +310,13 @@ def test_an_output_over_the_bounds_fails_its_step_clearly(
         " join workflow.jobs j on j.id = s.job_id where s.job_id = %s", (job_id,))[0]
     assert step.startswith("failed the step's output is 1200") and "over the 1 MiB" in step
     assert "over the 1 MiB" in job_error
+    # Through the executor: inputs of 1.2 MB reach it (an executor request may be 6 MiB,
+    # a user's body 1 MiB), and the output it returns is over the bound.
+    _, job = run_workflow(stack, api, {"steps": [{"id": "big", "transformer": "transform",
+                                                  "inputs": {"a": "$.input.x", "b": "$.input.x"}}]},
+                          {"x": "a" * 600_000})
+    assert job["status"] == "failed" and job["steps"][0]["attempt"] == 1, job["error_message"]
+    assert "the step's output is 1200" in job["error_message"], job["error_message"]
     _, job = run_workflow(stack, api, {"steps": [{"id": "deep", "transformer": "transform",
                                                   "inputs": {"a": {"b": {"c": "$.input.x"}}}}]},
                           {"x": nested(62)})
@@ -350,3 +400,38 @@ def test_a_stored_definition_too_deep_to_read_is_a_422(stack: Stack, api: Api) -
     response = api.start(user.token, {"workflow_id": wid, "input_data": {}})
     assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_workflow"
     assert writes_of(stack, user) == (0, 0)
+
+
+def test_a_final_result_over_the_bounds_fails_the_job(stack: Stack, api: Api) -> None:
+    """Two outputs within the bounds, combined by the output mapping, are not."""
+    half = {"id": "a", "transformer": "transform", "depends_on": [], "inputs": {"v": "$.input.x"}}
+    _, job = run_workflow(stack, api, {
+        "steps": [half, {**half, "id": "b"}],
+        "output": {"a": "$.steps.a.output", "b": "$.steps.b.output"}}, {"x": "z" * 600_000})
+    assert job["status"] == "failed", job["status"]
+    assert job["error_message"].startswith("the final result is 1200")
+    assert [s["status"] for s in job["steps"]] == ["completed", "completed"]
+
+
+def test_a_retried_start_gets_its_job_back_after_the_workflow_changed(
+        stack: Stack, api: Api) -> None:
+    """A start whose answer was lost is retried with its key: a newer input_schema or a
+    deactivated workflow must not turn that replay into a 400 or 404."""
+    user = stack.create_user()
+    wid = create_workflow(stack, ECHO)
+    body = {"workflow_id": wid, "input_data": {"x": 1}, "idempotency_key": "k-1"}
+    first = api.start(user.token, body)
+    assert first.status_code == 202
+    stack.sql("update workflow.workflows set definition = %s where id = %s", (Jsonb({
+        **ECHO, "input_schema": {"type": "object", "required": ["y"]}}), wid))
+    for _ in range(2):  # either gateway worker, whatever version it remembers
+        again = api.start(user.token, body)
+        assert again.status_code == 200 and again.json()["job_id"] == first.json()["job_id"]
+    fresh = api.start(user.token, {**body, "idempotency_key": "k-2"})
+    assert fresh.status_code == 400 and "input_data.y" in fresh.text
+    conflict = api.start(user.token, {**body, "input_data": {"x": 2}})
+    assert conflict.status_code == 409 and conflict.json()["error"]["code"] == "idempotency_conflict"
+    stack.sql("update workflow.workflows set is_active = false where id = %s", (wid,))
+    assert api.start(user.token, body).json()["job_id"] == first.json()["job_id"]
+    assert api.start(user.token, {**body, "idempotency_key": "k-3"}).status_code == 404
+    assert writes_of(stack, user)[0] == 1

@@ -40,6 +40,7 @@ def execute(config: dict[str, Any], inputs: dict[str, Any], ctx: StepContext) ->
         raise StepError("config 'bucket' must be a non-empty string", retryable=False)
     max_bytes = int(config_number(config, "max_bytes", DEFAULT_MAX_BYTES))
     patterns: list[str] = list(config.get("allowed_content_types") or [])
+    netguard.check_url(url)
     key = render_key(
         str(config.get("key_template", DEFAULT_KEY_TEMPLATE)),
         {

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from shared import api, auth, db, state
 from shared.errors import ApiError, bad_request
 from shared.executors.base import StepContext, StepError
+from shared.settings import settings
 
 Execute = Callable[[dict[str, Any], Any, StepContext], Any]
 RECORD_RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0)
@@ -82,7 +83,7 @@ def _outcome(recorded: dict[str, Any]) -> str:
 def handle(request: api.Request, execute: Execute) -> api.Reply:
     auth.verify_internal(request.headers)
     try:
-        req = StepRequest.model_validate(request.json_object())
+        req = StepRequest.model_validate(request.json_object(settings().max_internal_body_bytes))
     except ValidationError as exc:
         raise bad_request(f"invalid step request: {exc.errors()[0]['msg']}") from exc
     ctx = StepContext(job_id=str(req.job_id), step_id=req.step_id, attempt=req.attempt,
@@ -115,9 +116,9 @@ def _finish_job(client: SyncPostgrestClient, job: dict[str, Any], keys: dict[str
     """This step was the job's last: finish the job now. False leaves it to the orchestrator."""
     try:
         finished = state.finish(client, job)
-    except (APIError, httpx.HTTPError) as exc:
+    except Exception as exc:  # noqa: BLE001 - the step is recorded; the sweep finishes the job
         api.logger.warning("finishing the job failed; the orchestrator will",
-                           extra={**keys, "error": str(exc)})
+                           extra={**keys, "error": repr(exc)})
         return False
     if finished:
         api.logger.info(f"job {finished}", extra={"job_id": keys["job_id"]})

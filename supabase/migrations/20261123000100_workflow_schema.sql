@@ -5,9 +5,10 @@
 create schema if not exists workflow;
 grant usage on schema workflow to anon, authenticated, service_role;
 -- Users write only through the HTTP functions (which call SQL as the service
--- role): no function in this schema is executable by anon or authenticated,
--- including the ones later migrations add.
-alter default privileges in schema workflow revoke execute on functions from public;
+-- role): no function in this schema is executable by anon or authenticated.
+-- Postgres grants EXECUTE to PUBLIC on every new function (a per-schema default
+-- cannot take that back), so every migration ends by revoking it again;
+-- tests/test_trust_boundary.py sweeps the schema for any function left over.
 
 create or replace function workflow.touch_updated_at() returns trigger
 language plpgsql

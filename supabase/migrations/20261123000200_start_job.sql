@@ -139,6 +139,10 @@ begin
   if p_user_id is null then
     raise sqlstate 'PT400' using message = 'a user id is required to start a job';
   end if;
+  if not exists (select 1 from auth.users where id = p_user_id) then
+    -- e.g. a deleted user whose token has not expired yet
+    raise sqlstate 'PT401' using message = 'the token''s user does not exist';
+  end if;
   if jsonb_typeof(p_input) is distinct from 'object' then
     raise sqlstate 'PT400' using message = 'input_data: must be a JSON object',
       detail = 'invalid_input';

@@ -2,6 +2,21 @@
 -- service role. Lock order everywhere: the job row first, then its step rows,
 -- so concurrent orchestrators and executors never deadlock.
 
+-- A number from a step's stored definition, clamped to [p_lo, p_hi]; a missing or
+-- malformed one (a definition written around the API) reads as p_default, so one
+-- bad row never fails a claim or a lease recovery for every other job.
+create or replace function workflow.definition_number(
+  p_value jsonb, p_default float8, p_lo float8, p_hi float8
+) returns float8
+language sql
+immutable
+set search_path = ''
+as $$
+  select case when jsonb_typeof(p_value) = 'number'
+    then least(greatest(p_value::text::numeric, p_lo::numeric), p_hi::numeric)::float8
+    else p_default end
+$$;
+
 -- Moves a job to a new status (caller holds the job's row lock) and records it.
 -- p_current_step, when given, becomes current_step_id in the same write, also when
 -- the status stays as it is. A completed job has no current step.
@@ -118,7 +133,7 @@ begin
       attempt = s.attempt + 1,
       lease_token = gen_random_uuid(),
       lease_expires_at = now() + make_interval(
-        secs => coalesce((s.definition ->> 'timeout_s')::integer, 300) + 15),
+        secs => workflow.definition_number(s.definition -> 'timeout_s', 300, 1, 900)::integer + 15),
       started_at = now(),
       completed_at = null
     where s.id = any(v_ids)
@@ -132,7 +147,7 @@ begin
 
   return query
     select s.job_id, s.step_id, s.attempt, s.lease_token, s.lease_expires_at,
-           coalesce((s.definition ->> 'timeout_s')::integer, 300),
+           workflow.definition_number(s.definition -> 'timeout_s', 300, 1, 900)::integer,
            s.transformer_id, t.type, t.target_function,
            jsonb_build_object(
              'inputs', coalesce(s.definition -> 'inputs', '{}'::jsonb),
@@ -224,7 +239,8 @@ begin
 end
 $$;
 
--- The delay before attempt n+1: exponential, capped, with +-jitter.
+-- The delay before attempt n+1: exponential, capped, with +-jitter. The clamps only
+-- keep a malformed stored policy from overflowing (the model's limits are tighter).
 create or replace function workflow.retry_delay(p_retry jsonb, p_attempt integer)
 returns interval
 language sql
@@ -232,10 +248,11 @@ volatile
 set search_path = ''
 as $$
   select make_interval(secs => greatest(0.05,
-    least(coalesce((p_retry ->> 'max_delay_s')::float8, 300),
-          coalesce((p_retry ->> 'initial_delay_s')::float8, 1)
-          * power(coalesce((p_retry ->> 'multiplier')::float8, 2), greatest(p_attempt - 1, 0)))
-    * (1 + coalesce((p_retry ->> 'jitter')::float8, 0.2) * (2 * random() - 1))))
+    least(workflow.definition_number(p_retry -> 'max_delay_s', 300, 0, 1e7),
+          workflow.definition_number(p_retry -> 'initial_delay_s', 1, 0, 1e7)
+          * power(workflow.definition_number(p_retry -> 'multiplier', 2, 1, 1e3),
+                  least(greatest(p_attempt - 1, 0), 50)))
+    * (1 + workflow.definition_number(p_retry -> 'jitter', 0.2, 0, 1) * (2 * random() - 1))))
 $$;
 
 -- Ends every step that has not finished; a running one's late result is then stale.
@@ -354,6 +371,8 @@ as $$
   limit p_limit
 $$;
 
+-- Store the final result and complete the job; a final result over the bounds
+-- (value_problem: an output mapping may combine several outputs) fails the job instead.
 create or replace function workflow.finish_job(p_job_id uuid, p_final_result jsonb)
 returns jsonb
 language plpgsql
@@ -361,17 +380,23 @@ set search_path = ''
 as $$
 declare
   v_status text;
+  v_problem text;
 begin
   select status into v_status from workflow.jobs where id = p_job_id for update;
   if v_status is distinct from 'running' or exists (
       select 1 from workflow.job_steps where job_id = p_job_id and status <> 'completed') then
     return jsonb_build_object('accepted', false, 'status', v_status);
   end if;
+  v_problem := workflow.value_problem(p_final_result);
+  if v_problem is not null then
+    perform workflow.fail_job(p_job_id, 'the final result is ' || v_problem);
+    return jsonb_build_object('accepted', true, 'status', 'failed');
+  end if;
   update workflow.jobs set final_result = p_final_result, current_step_id = null,
     next_retry_at = null
   where id = p_job_id;
   perform workflow.transition_job(p_job_id, 'completed');
-  return jsonb_build_object('accepted', true);
+  return jsonb_build_object('accepted', true, 'status', 'completed');
 end
 $$;
 

@@ -136,26 +136,39 @@ def bootstrap(cfg: StackConfig, sec: StackSecrets) -> list[str]:
                 psycopg.sql.Literal(sec.authenticator_password)
             )
         )
-        applied = apply_migrations(conn)
+        applied = apply_migrations(conn, cfg.pgdata)
         store_vault_secrets(conn, cfg, sec)
         load_examples(conn)
         conn.execute("notify pgrst, 'reload schema'")
     return applied
 
 
-def apply_migrations(conn: psycopg.Connection[tuple[object, ...]]) -> list[str]:
-    """Each new migration in its own transaction, recorded with its version."""
-    done = {row[0] for row in conn.execute("select version from supabase_migrations.schema_migrations")}
+class StaleCluster(SystemExit):
+    """The local cluster applied a migration file that has changed since."""
+
+
+def apply_migrations(conn: psycopg.Connection[tuple[object, ...]], pgdata: Path) -> list[str]:
+    """Each new migration in its own transaction, recorded with its version and text.
+
+    Until the first release, migrations are still edited in place; a local cluster
+    that applied an older text would run old SQL under new code, so it is refused."""
+    done = {str(version): text for version, text in conn.execute(
+        "select version, statements[1] from supabase_migrations.schema_migrations")}
     applied = []
     for path in sorted(MIGRATIONS.glob("*.sql")):
         version, _, name = path.stem.partition("_")
+        text = path.read_text()
         if version in done:
+            if done[version] != text:
+                raise StaleCluster(
+                    f"migration {path.name} changed since this local database applied it; "
+                    f"start from a fresh one: stop the stack, rm -rf {pgdata}, start it again")
             continue
         with conn.transaction():
-            conn.execute(path.read_text().encode())
+            conn.execute(text.encode())
             conn.execute(
-                "insert into supabase_migrations.schema_migrations (version, name) values (%s, %s)",
-                (version, name),
+                "insert into supabase_migrations.schema_migrations (version, name, statements)"
+                " values (%s, %s, array[%s])", (version, name, text),
             )
         applied.append(path.name)
     return applied

@@ -199,3 +199,6 @@ create table if not exists supabase_migrations.schema_migrations (
   name text not null,
   applied_at timestamptz not null default now()
 );
+-- What was applied (the Supabase CLI keeps it too): the stack refuses a cluster
+-- whose migrations were changed since, instead of running old SQL under new code.
+alter table supabase_migrations.schema_migrations add column if not exists statements text[];

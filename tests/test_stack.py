@@ -373,3 +373,17 @@ def test_a_port_held_by_a_passing_connection_is_waited_for() -> None:
         with pytest.raises(supervisor.PortTaken):
             supervisor.check_port_free("127.0.0.1", int(server.getsockname()[1]), "X_PORT", wait_s=10)
         assert time.monotonic() - started < 2
+
+
+def test_a_changed_migration_is_refused_not_skipped(stack: Stack) -> None:
+    """Migrations are still edited in place before the first release: a local cluster
+    that applied an older text must not run old SQL under new code."""
+    from stack import postgres
+
+    with psycopg.connect(stack.database_url) as conn:  # one transaction, rolled back
+        assert postgres.apply_migrations(conn, Path("/x/pgdata")) == []
+        conn.execute("update supabase_migrations.schema_migrations set statements = array['-- old']"
+                     " where version = '20261123000100'")
+        with pytest.raises(postgres.StaleCluster, match=r"workflow_schema\.sql changed .* /x/pgdata"):
+            postgres.apply_migrations(conn, Path("/x/pgdata"))
+        conn.rollback()

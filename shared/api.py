@@ -1,6 +1,6 @@
 """The HTTP layer of every function: API Gateway v2 events in, JSON responses out.
 
-Powertools gives us the event's data class and the JSON Logger. Its router is
+Powertools gives us the event's data class (and `shared.log` the JSON logger). Its router is
 not used: it keeps the current event in class attributes (`BaseRouter.current_event`),
 so two invocations running at once in one process (as the local gateway runs
 them, in threads) would read each other's requests. Each function serves exactly
@@ -20,13 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 
 from shared.errors import ApiError, unavailable
+from shared.log import logger
 from shared.settings import settings
-
-logger = Logger()
 
 # How deep a request body may nest. This protects the functions' own parsing and
 # re-encoding (Python's JSON code recurses); what may be *stored* is a tighter,
@@ -165,7 +163,7 @@ def handler_for(endpoint: Endpoint) -> Handler:
             # handle their own): it is restarting or unreachable.
             logger.warning("backend unreachable", extra={"error": repr(exc)})
             return _response(error_reply(unavailable("the database API")))
-        except Exception:
+        except Exception:  # noqa: BLE001 - the last resort: logged, a 500 without a trace
             logger.exception("unhandled error")
             return _response(error_reply(ApiError(500, "internal", "internal error")))
         finally:

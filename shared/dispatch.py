@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from shared import tls
-from shared.api import logger
+from shared.log import logger
 from shared.settings import settings
 
 # Long enough to deliver the request, too short to wait for its answer: the

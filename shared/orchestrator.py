@@ -19,7 +19,7 @@ from postgrest import AsyncPostgrestClient
 from postgrest.exceptions import APIError
 
 from shared import db, dispatch, mapping, state, tls
-from shared.api import logger
+from shared.log import logger
 
 # Waiting for a retry that is due soon beats leaving it to the next cron tick.
 MAX_RETRY_WAIT_S = 5.0

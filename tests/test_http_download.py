@@ -17,8 +17,8 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from shared import netguard, storage
-from shared.executors import http_download
+from shared import storage
+from shared.executors import http_download, netguard
 from shared.executors.base import StepContext, StepError
 
 type Route = Callable[[BaseHTTPRequestHandler], None]

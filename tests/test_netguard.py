@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from shared import netguard
+from shared.executors import netguard
 from shared.executors.base import StepError
 
 type Route = Callable[[BaseHTTPRequestHandler], None]

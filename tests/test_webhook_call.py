@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from shared import netguard
+from shared.executors import netguard
 from shared.executors.base import StepContext, StepError
 from shared.executors.webhook_call import MAX_RESPONSE_BYTES, execute, verify_signature
 

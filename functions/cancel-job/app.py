@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from shared import api, auth, jobs
+from shared.log import logger
 
 
 def cancel_job(request: api.Request) -> api.Reply:
     user = auth.verify_user(request.headers)
     result = jobs.cancel(user, request.path_param("jobId"))
     if result["cancelled"]:
-        api.logger.info("job cancelled", extra={"job_id": result["job_id"], "user_id": user.id})
+        logger.info("job cancelled", extra={"job_id": result["job_id"], "user_id": user.id})
     return api.Reply(200, result)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from shared import api, auth, orchestrator
 from shared.dispatch import KICK_REASON, functions_url
 from shared.errors import ApiError
+from shared.log import logger
 
 # Leave this much of the function's timeout for the last answers to arrive.
 MARGIN_S = 15.0
@@ -33,7 +34,7 @@ def _run_pass(event: dict[str, Any], context: Any, reason: str = "schedule") -> 
         batch=int(os.environ.get("SUPAFLOW_ORCHESTRATOR_BATCH", "16")),
         kicked=reason == KICK_REASON,
     ))
-    api.logger.info("orchestrator pass", extra=summary.as_dict())
+    logger.info("orchestrator pass", extra=summary.as_dict())
     return summary.as_dict()
 
 

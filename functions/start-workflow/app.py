@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from shared import api, auth, start
 from shared.dispatch import KICK_REASON, kick_orchestrator
+from shared.log import logger
 
 
 def start_workflow(request: api.Request) -> api.Reply:
     user = auth.verify_user(request.headers)
     status, body = start.start_job(user, request.json_object())
     if status == 202:
-        api.logger.info("job started", extra={"job_id": body["job_id"], "user_id": user.id})
+        logger.info("job started", extra={"job_id": body["job_id"], "user_id": user.id})
         kick_orchestrator(KICK_REASON, request.raw_event)
     return api.Reply(status, body)
 

@@ -11,7 +11,6 @@ this executor's function ships it).
 from __future__ import annotations
 
 import json
-import logging
 import mimetypes
 import os
 import re
@@ -34,8 +33,7 @@ from pydantic import ValidationError
 
 from shared import storage
 from shared.executors.base import StepContext, StepError
-
-log = logging.getLogger(__name__)
+from shared.log import logger
 
 DEFAULT_API_KEY_ENV_VAR = "GEMINI_API_KEY"
 # Base64 grows inline bytes by a third; 14 MiB stays under the 20 MB request limit.
@@ -338,8 +336,8 @@ def _upload(
             raise _step_error(exc, "Files API upload") from exc
     if file.name:
         uploaded.append(file.name)
-    log.info("uploaded to the Files API",
-             extra={**ctx.log_keys(), "file": file.name, "size": file.size_bytes})
+    logger.info("uploaded to the Files API",
+                extra={**ctx.log_keys(), "file": file.name, "size": file.size_bytes})
     while file.state == types.FileState.PROCESSING:
         if deadline - time.monotonic() < MIN_CALL_S + FILE_POLL_INTERVAL_S:
             raise StepError(f"Gemini is still processing {file.name}; out of time",
@@ -375,8 +373,8 @@ def _delete_uploads(
                 )),
             )
         except (genai_errors.APIError, httpx.HTTPError, ValueError) as exc:
-            log.warning("could not delete uploaded file",
-                        extra={**ctx.log_keys(), "file": name, "error": str(exc)})
+            logger.warning("could not delete uploaded file",
+                           extra={**ctx.log_keys(), "file": name, "error": str(exc)})
 
 
 # --------------------------------------------------------------------------- errors & output

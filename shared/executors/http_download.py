@@ -18,7 +18,8 @@ from typing import IO, Any, BinaryIO, cast
 import httpx
 from botocore.exceptions import BotoCoreError, ClientError
 
-from shared import netguard, storage
+from shared import storage
+from shared.executors import netguard
 from shared.executors.base import StepContext, StepError
 
 DEFAULT_KEY_TEMPLATE = "{job_id}/{step_id}/{filename}"

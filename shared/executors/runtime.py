@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from shared import api, auth, db, state
 from shared.errors import ApiError, bad_request
 from shared.executors.base import StepContext, StepError
+from shared.log import logger
 from shared.settings import settings
 
 Execute = Callable[[dict[str, Any], Any, StepContext], Any]
@@ -53,7 +54,7 @@ def _record(call: Callable[[], dict[str, Any]], keys: dict[str, Any]) -> dict[st
         except (APIError, httpx.HTTPError) as exc:
             if delay is None:
                 raise ApiError(503, "record_failed", "could not record the outcome") from exc
-            api.logger.warning("recording the outcome failed; retrying",
+            logger.warning("recording the outcome failed; retrying",
                                extra={**keys, "error": str(exc)})
             time.sleep(delay)
     raise AssertionError("unreachable")
@@ -91,22 +92,22 @@ def handle(request: api.Request, execute: Execute) -> api.Reply:
     keys = ctx.log_keys()
     client = db.as_service()
     args = (str(req.job_id), req.step_id, str(req.lease_token))
-    api.logger.info("step started", extra={**keys, "transformer": req.transformer.id})
+    logger.info("step started", extra={**keys, "transformer": req.transformer.id})
     try:
         output = execute(req.transformer.config, req.inputs, ctx)
         check_output(output)
     except StepError as exc:
         message, retryable = exc.message, exc.retryable
-        api.logger.warning("step failed", extra={**keys, "error": message, "retryable": retryable})
+        logger.warning("step failed", extra={**keys, "error": message, "retryable": retryable})
         recorded = _record(lambda: state.fail(client, *args, message, retryable), keys)
     except Exception as exc:  # noqa: BLE001 - any bug in a step is a failed, retryable attempt
-        api.logger.exception("step raised", extra=keys)
+        logger.exception("step raised", extra=keys)
         message = f"{type(exc).__name__}: {exc}"
         recorded = _record(lambda: state.fail(client, *args, message, True), keys)
     else:
         recorded = _record(lambda: state.complete(client, *args, output), keys)
     outcome = _outcome(recorded)
-    api.logger.info("step recorded", extra={**keys, "outcome": outcome,
+    logger.info("step recorded", extra={**keys, "outcome": outcome,
                                             "duration_ms": int((ctx.timeout_s - ctx.remaining_s()) * 1000)})
     finishable = bool(recorded.get("finish")) and not _finish_job(client, recorded["finish"], keys)
     return api.Reply(200, {"outcome": outcome, "finishable": finishable})
@@ -117,9 +118,9 @@ def _finish_job(client: SyncPostgrestClient, job: dict[str, Any], keys: dict[str
     try:
         finished = state.finish(client, job)
     except Exception as exc:  # noqa: BLE001 - the step is recorded; the sweep finishes the job
-        api.logger.warning("finishing the job failed; the orchestrator will",
+        logger.warning("finishing the job failed; the orchestrator will",
                            extra={**keys, "error": repr(exc)})
         return False
     if finished:
-        api.logger.info(f"job {finished}", extra={"job_id": keys["job_id"]})
+        logger.info(f"job {finished}", extra={"job_id": keys["job_id"]})
     return True

@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from shared import netguard
+from shared.executors import netguard
 from shared.executors.base import StepContext, StepError
 
 DEFAULT_TIMEOUT_S = 30.0

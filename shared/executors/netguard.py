@@ -31,8 +31,8 @@ from typing import Any
 
 import httpx
 
-from shared.api import logger
 from shared.executors.base import StepError
+from shared.log import logger
 
 ENV_ALLOWED_HOSTS = "SUPAFLOW_ALLOWED_HOSTS"
 REFUSED_RULE = ("it is not a public address (private, loopback, link-local, multicast and "

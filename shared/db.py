@@ -14,7 +14,7 @@ from postgrest import AsyncPostgrestClient, SyncPostgrestClient
 from postgrest.exceptions import APIError
 
 from shared import tls
-from shared.errors import ApiError, invalid_token, not_found, unavailable
+from shared.errors import ApiError, bad_request, invalid_token, not_found, unavailable
 from shared.settings import settings
 
 SCHEMA = "workflow"
@@ -79,6 +79,14 @@ class UndecodableResponse(ApiError):
 
     def __init__(self) -> None:
         super().__init__(502, "unreadable_data", "stored data is nested too deeply to read")
+
+
+def filter_value(value: str, what: str) -> str:
+    """A value for a PostgREST URL filter: control characters cannot travel in a URL
+    (httpx refuses to send them), so they are the caller's 400, not a 503."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise bad_request(f"{what} may not contain control characters")
+    return value
 
 
 def rows(data: Any) -> list[dict[str, Any]]:

@@ -100,7 +100,7 @@ def list_jobs(user: User, query: dict[str, str]) -> dict[str, Any]:
             raise bad_request(f"status must be one of {', '.join(JOB_STATUSES)}")
         builder = builder.eq("status", status)
     if (workflow_id := query.get("workflow_id")) is not None:
-        builder = builder.eq("workflow_id", workflow_id)
+        builder = builder.eq("workflow_id", db.filter_value(workflow_id, "workflow_id"))
     if (cursor := query.get("cursor")) is not None:
         created_at, last_id = _decode_cursor(cursor)
         builder = builder.or_(

@@ -143,6 +143,7 @@ def start_job(user: User, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         req = StartRequest.model_validate(body)
     except ValidationError as exc:
         raise bad_request(_first_problem(exc)) from exc
+    db.filter_value(req.workflow_id, "workflow_id")
     try:
         return _start(user, req)
     except ApiError as err:

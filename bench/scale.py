@@ -191,7 +191,7 @@ def whole_idle_pass(stack: BenchStack, budget_s: float, reps: int) -> dict[str, 
     from shared import orchestrator, state
 
     calls: dict[str, int] = {"claim": 0, "next_due_in": 0}
-    real_claim, real_next_due = state.claim, state.next_due_in
+    real_claim, real_next_due = state.claim_steps_async, state.next_due_in_async
 
     async def counting_claim(client: Any, limit: int) -> list[state.ClaimedStep]:
         calls["claim"] += 1
@@ -201,8 +201,8 @@ def whole_idle_pass(stack: BenchStack, budget_s: float, reps: int) -> dict[str, 
         calls["next_due_in"] += 1
         return await real_next_due(client)
 
-    state.claim = counting_claim
-    state.next_due_in = counting_next_due
+    state.claim_steps_async = counting_claim
+    state.next_due_in_async = counting_next_due
     walls = []
     try:
         for _ in range(reps):
@@ -210,7 +210,7 @@ def whole_idle_pass(stack: BenchStack, budget_s: float, reps: int) -> dict[str, 
             asyncio.run(orchestrator.run_pass(stack.api_url, budget_s))
             walls.append(time.perf_counter() - t)
     finally:
-        state.claim, state.next_due_in = real_claim, real_next_due
+        state.claim_steps_async, state.next_due_in_async = real_claim, real_next_due
     return {"budget_s": budget_s, "wall_ms_median": round(median(walls) * 1000, 1),
             "claim_calls_per_pass": calls["claim"] / reps,
             "next_due_in_calls_per_pass": calls["next_due_in"] / reps,

@@ -1,4 +1,4 @@
-"""Calls between functions: the orchestrator "kick" and, later, executor dispatch."""
+"""Calls between functions: the orchestrator "kick", and dispatching a batch of steps to an executor."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ from functools import cache
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 
 from shared import tls
 from shared.log import logger
+from shared.protocol import BatchResponse
 from shared.settings import settings
 
 # Long enough to deliver the request, too short to wait for its answer: the
@@ -76,8 +78,9 @@ def executor_path(target_function: str) -> str:
 async def call_executor(
     http: httpx.AsyncClient, base_url: str, target_function: str, body: bytes,
     timeout_s: float,
-) -> dict[str, Any]:
-    """POST one step (`body`, already JSON) to its executor; its answer is the outcome."""
+) -> BatchResponse:
+    """POST a batch of steps (`body`, a BatchRequest already in JSON) to their executor;
+    its answer is each step's outcome."""
     url = f"{base_url}{executor_path(target_function)}"
     headers = {**internal_headers(), "Content-Type": "application/json"}
     try:
@@ -93,5 +96,7 @@ async def call_executor(
             f"{response.text[:300]}", delivered=False, retryable=False)
     if response.status_code >= 400:
         raise DispatchError(f"executor answered HTTP {response.status_code}", delivered=True)
-    body = response.json()
-    return body if isinstance(body, dict) else {}
+    try:
+        return BatchResponse.model_validate_json(response.content)
+    except ValidationError as exc:
+        raise DispatchError(f"executor answered something else: {exc}", delivered=True) from exc

@@ -8,11 +8,10 @@ passes may run at once: claims are SKIP LOCKED and leases fence late results.
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
+import uuid
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import httpx
 from postgrest import AsyncPostgrestClient
@@ -20,6 +19,14 @@ from postgrest.exceptions import APIError
 
 from shared import db, dispatch, mapping, state, tls
 from shared.log import logger
+from shared.protocol import (
+    BATCH_MAX_TIMEOUT_S,
+    MAX_BATCH,
+    Outcome,
+    StepOutcome,
+    StepRequest,
+    TransformerRef,
+)
 
 # Waiting for a retry that is due soon beats leaving it to the next cron tick.
 MAX_RETRY_WAIT_S = 5.0
@@ -133,75 +140,80 @@ class Pass:
         self.wakeup = wakeup
         self.summary = PassSummary()
 
-    async def finish_job(self, job: dict[str, Any]) -> None:
-        """One job's finish; a failure here (other than the database being down) is logged
-        and left to the next scheduled pass, never the end of this pass."""
-        try:
-            outcome = await state.finish_async(self.client, job)
-        except (APIError, httpx.HTTPError):
-            raise
-        except Exception:  # noqa: BLE001 - one job's bad data must not stop the pass
-            logger.exception("finishing a job failed", extra={"job_id": job.get("job_id")})
-            return
-        if outcome == "completed":
-            self.summary.jobs_finished += 1
-        if outcome:
-            logger.info(f"job {outcome}", extra={"job_id": job["job_id"]})
-
     async def finish_stranded(self) -> None:
-        for job in await state.finishable(self.client):
-            await self.finish_job(job)
+        """The sweep: jobs whose steps are all complete but whose finisher (the executor
+        that completed the last step) died before finishing them."""
+        jobs = await state.finishable_jobs_async(self.client)
+        if not jobs:
+            return
+        ended = await state.finish_jobs_async(
+            self.client, [state.finishing(job["job_id"], job["payload"]) for job in jobs])
+        for job_id, status in ended.items():
+            self.summary.jobs_finished += status == "completed"
+            logger.info(f"job {status}", extra={"job_id": job_id})
 
-    async def run_step(self, step: state.ClaimedStep) -> None:
-        keys = step.log_keys()
-        if not step.transformer_type or not step.target_function:
-            await self._fail(step, f"unknown transformer {step.transformer_id!r}", retryable=False)
-            return
-        try:
-            request = self.executor_request(step)
-        except mapping.MappingError as exc:
-            await self._fail(step, f"inputs: {exc}", retryable=False)
-            return
-        except RecursionError:
-            await self._fail(step, "inputs: nested too deeply to send", retryable=False)
-            return
-        except Exception as exc:  # noqa: BLE001 - whatever is wrong with this row is its own
-            await self._fail(step, f"cannot prepare the step: {type(exc).__name__}: {exc}",
-                             retryable=False)
-            return
-        self.summary.dispatched += 1
-        try:
-            outcome = await dispatch.call_executor(
-                self.http, self.base_url, step.target_function, request, step.timeout_s + 5)
-        except dispatch.DispatchError as exc:
-            if exc.delivered:
-                self.summary.undelivered += 1
-                logger.warning("no outcome from executor; the lease will decide",
-                               extra={**keys, "error": str(exc)})
-            else:
-                await self._fail(step, str(exc), retryable=exc.retryable)
-            return
-        self._count(outcome.get("outcome"))
-        logger.debug("step dispatched", extra={**keys, "outcome": outcome.get("outcome")})
-        if outcome.get("finishable"):  # the executor could not finish the job itself
-            for job in await state.finishable(self.client, 1, step.job_id):
-                await self.finish_job(job)
+    def batches(self, claimed: list[state.ClaimedStep]) -> tuple[list[Batch], list[StepOutcome]]:
+        """The claimed steps grouped into one request per executor (long steps alone); a
+        step that cannot be prepared is a permanent failure of its own, never the batch's."""
+        failures: list[StepOutcome] = []
+        groups: dict[str, list[tuple[state.ClaimedStep, bytes]]] = {}
+        for step in claimed:
+            if not step.transformer_type or not step.target_function:
+                failures.append(step.failed(f"unknown transformer {step.transformer_id!r}",
+                                            retryable=False))
+                continue
+            try:
+                body = self.step_request(step)
+            except mapping.MappingError as exc:
+                failures.append(step.failed(f"inputs: {exc}", retryable=False))
+                continue
+            except RecursionError:
+                failures.append(step.failed("inputs: nested too deeply to send", retryable=False))
+                continue
+            except Exception as exc:  # noqa: BLE001 - whatever is wrong with this row is its own
+                failures.append(step.failed(f"cannot prepare the step: {type(exc).__name__}: {exc}",
+                                            retryable=False))
+                continue
+            groups.setdefault(step.target_function, []).append((step, body))
+        batches: list[Batch] = []
+        for target, items in groups.items():
+            short = [item for item in items if item[0].timeout_s <= BATCH_MAX_TIMEOUT_S]
+            batches += [Batch(target, short[i:i + MAX_BATCH]) for i in range(0, len(short), MAX_BATCH)]
+            batches += [Batch(target, [item]) for item in items if item[0].timeout_s > BATCH_MAX_TIMEOUT_S]
+        return batches, failures
 
     @staticmethod
-    def executor_request(step: state.ClaimedStep) -> bytes:
-        """The executor's request body. Any failure here is this row's alone: the caller
-        fails this step for good and the batch goes on."""
+    def step_request(step: state.ClaimedStep) -> bytes:
+        """One step of an executor request, as JSON. Any failure here is this row's alone."""
         payload = step.read()
         inputs = mapping.resolve(payload.inputs,
                                  state.mapping_context(payload.input_data, payload.step_data))
-        return json.dumps({
-            "job_id": step.job_id, "step_id": step.step_id, "attempt": step.attempt,
-            "lease_token": step.lease_token, "timeout_s": step.timeout_s, "inputs": inputs,
-            "transformer": {"id": step.transformer_id, "type": step.transformer_type,
-                            "config": payload.transformer_config},
-        }, allow_nan=False).encode()
+        return StepRequest(
+            job_id=uuid.UUID(step.job_id), step_id=step.step_id, attempt=step.attempt,
+            lease_token=uuid.UUID(step.lease_token), timeout_s=step.timeout_s, inputs=inputs,
+            transformer=TransformerRef(id=step.transformer_id, type=str(step.transformer_type),
+                                       config=payload.transformer_config),
+        ).model_dump_json().encode()
 
-    def _count(self, outcome: Any) -> None:
+    async def run_batch(self, batch: Batch) -> None:
+        steps = batch.steps
+        self.summary.dispatched += len(steps)
+        try:
+            response = await dispatch.call_executor(
+                self.http, self.base_url, batch.target, batch.body(),
+                max(step.timeout_s for step in steps) + 5)
+        except dispatch.DispatchError as exc:
+            if exc.delivered:
+                self.summary.undelivered += len(steps)
+                logger.warning("no outcome from executor; the leases will decide", extra={
+                    "steps": [step.log_keys() for step in steps], "error": str(exc)})
+            else:
+                await self.fail([step.failed(str(exc), retryable=exc.retryable) for step in steps])
+            return
+        for result in response.results:
+            self._count(result.outcome)
+
+    def _count(self, outcome: Outcome) -> None:
         if outcome == "completed":
             self.summary.completed += 1
         elif outcome == "retry_scheduled":
@@ -211,11 +223,13 @@ class Pass:
         elif outcome == "stale":
             self.summary.stale += 1
 
-    async def _fail(self, step: state.ClaimedStep, error: str, *, retryable: bool) -> None:
-        result = await state.fail_async(self.client, step, error, retryable)
-        self._count("retry_scheduled" if result.get("retry_at") else
-                    "failed" if result.get("accepted") else "stale")
-        logger.warning("step failed before dispatch", extra={**step.log_keys(), "error": error})
+    async def fail(self, outcomes: list[StepOutcome]) -> None:
+        """Steps that never reached an executor: their failures, recorded in one RPC."""
+        for recorded in await state.record_outcomes_async(self.client, outcomes):
+            self._count(recorded.outcome)
+        for outcome in outcomes:
+            logger.warning("step failed before dispatch", extra={
+                "job_id": outcome.job_id, "step_id": outcome.step_id, "error": outcome.error})
 
     async def run(self, housekeeping_too: bool) -> PassSummary:
         deadline = self.wakeup.deadline
@@ -223,21 +237,26 @@ class Pass:
         # should reach its job's first step in one round trip.
         housekeeping = asyncio.create_task(
             self.housekeeping() if housekeeping_too else asyncio.sleep(0))
-        inflight: set[asyncio.Task[None]] = set()
+        inflight: dict[asyncio.Task[None], int] = {}  # a batch's task -> its steps
         kicked = self.wakeup.waiter()
         try:
             while True:
                 left = deadline - time.monotonic()
-                room = self.concurrency - len(inflight)
+                room = self.concurrency - sum(inflight.values())
                 if left > 0 and room > 0:
                     self.wakeup.pending = False  # this claim sees every job started so far
-                    claimed = await state.claim(self.client, min(self.batch, room))
+                    limit = min(self.batch, room)
+                    claimed = await state.claim_steps_async(self.client, limit)
                     self.summary.claimed += len(claimed)
-                    inflight.update(asyncio.create_task(self.run_step(s)) for s in claimed)
-                    if len(claimed) == min(self.batch, room) and len(inflight) < self.concurrency:
+                    batches, failures = self.batches(claimed)
+                    if failures:
+                        await self.fail(failures)
+                    for batch in batches:
+                        inflight[asyncio.create_task(self.run_batch(batch))] = len(batch.steps)
+                    if len(claimed) == limit and sum(inflight.values()) < self.concurrency:
                         continue  # more may be waiting: claim again before waiting
                 if not inflight:
-                    due = await state.next_due_in(self.client) if left > 0 else None
+                    due = await state.next_due_in_async(self.client) if left > 0 else None
                     if due is None or due > min(MAX_RETRY_WAIT_S, left):
                         if kicked_passes.may_stop(self.wakeup):
                             break
@@ -248,17 +267,17 @@ class Pass:
                     # Out of time: the executors still record their outcomes themselves.
                     await asyncio.wait(inflight, timeout=2.0)
                     break
-                self.wakeup.full = len(inflight) >= self.concurrency
-                done, _ = await asyncio.wait(inflight | {kicked}, timeout=left,
+                self.wakeup.full = sum(inflight.values()) >= self.concurrency
+                done, _ = await asyncio.wait({*inflight, kicked}, timeout=left,
                                              return_when=asyncio.FIRST_COMPLETED)
                 self.wakeup.full = False
                 if kicked in done:
                     done.discard(kicked)
                     kicked = self.wakeup.waiter()
-                inflight.difference_update(done)
                 for task in done:
+                    inflight.pop(task, None)
                     if task.exception() is not None:
-                        logger.error("step task failed", exc_info=task.exception())
+                        logger.error("batch task failed", exc_info=task.exception())
         finally:
             kicked.cancel()
         await housekeeping
@@ -266,8 +285,24 @@ class Pass:
 
     async def housekeeping(self) -> None:
         """Expired leases become retryable failures; stranded finished jobs get finished."""
-        self.summary.recovered = await state.recover_expired(self.client)
+        self.summary.recovered = await state.recover_expired_leases_async(self.client)
         await self.finish_stranded()
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Steps for one executor function, sent as one request."""
+
+    target: str
+    items: list[tuple[state.ClaimedStep, bytes]]
+
+    @property
+    def steps(self) -> list[state.ClaimedStep]:
+        return [step for step, _ in self.items]
+
+    def body(self) -> bytes:
+        """A BatchRequest, joined from the steps' own JSON (each encoded on its own)."""
+        return b'{"steps": [' + b", ".join(body for _, body in self.items) + b"]}"
 
 
 async def run_pass(base_url: str, budget_s: float, concurrency: int = 32,

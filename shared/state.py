@@ -1,4 +1,10 @@
-"""The state machine's RPCs (SQL functions in supabase/migrations), each named once here."""
+"""The state machine's RPCs (SQL functions in supabase/migrations), each wrapped once
+here under the SQL function's own name; `_async` marks the orchestrator's twins.
+
+Rows that carry stored data (a claimed step's, a finishable job's) come as JSON text
+and are decoded one by one, so one row Python cannot decode fails only its own step or
+job (see UndecodableRow).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from typing import Any
 from postgrest import AsyncPostgrestClient, SyncPostgrestClient
 
 from shared import db, mapping
+from shared.protocol import Recorded, StepOutcome
 
 
 class UndecodableRow(ValueError):
@@ -16,8 +23,7 @@ class UndecodableRow(ValueError):
 
 
 def decode_payload(text: str) -> dict[str, Any]:
-    """One row's JSON payload. Rows come as text so that each is decoded on its own:
-    one row too deep for Python's decoder must not take its batch down with it."""
+    """One row's JSON payload, decoded on its own."""
     try:
         value = json.loads(text)
     except RecursionError as exc:
@@ -68,6 +74,10 @@ class ClaimedStep:
                            step_data=data.get("step_data") or {},
                            transformer_config=data.get("transformer_config") or {})
 
+    def failed(self, error: str, *, retryable: bool) -> StepOutcome:
+        return StepOutcome(job_id=self.job_id, step_id=self.step_id, lease_token=self.lease_token,
+                           error=error, retryable=retryable)
+
     def log_keys(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "step_id": self.step_id, "attempt": self.attempt}
 
@@ -77,100 +87,81 @@ def mapping_context(input_data: Any, step_data: dict[str, Any]) -> dict[str, Any
     return {"input": input_data, "steps": {k: {"output": v} for k, v in step_data.items()}}
 
 
-def final_result(job: dict[str, Any]) -> Any:
-    """The workflow's output mapping, else the last listed step's output."""
-    data = decode_payload(job["payload"])
-    output = data.get("output_mapping")
-    if output is None:
-        output = f"$.steps.{data.get('last_step_id')}.output"
-    return mapping.resolve(output, mapping_context(data.get("input_data"), data.get("step_data") or {}))
-
-
-def finish_call(job: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The RPC that ends a job whose steps are all complete: finish_job with its
-    final_result, or fail_job when it cannot be built (an output mapping that does
-    not resolve, stored data that cannot be read)."""
+def finishing(job_id: str, payload: str) -> dict[str, Any]:
+    """finish_jobs' entry for a job whose steps are all complete: its final_result (the
+    workflow's output mapping, else the last listed step's output), or the error that
+    fails it when that cannot be built from its stored data."""
     try:
-        result = final_result(job)
-        json.dumps(result, allow_nan=False)  # what finish_job is sent must encode
+        data = decode_payload(payload)
+        output = data.get("output_mapping")
+        if output is None:
+            output = f"$.steps.{data.get('last_step_id')}.output"
+        result = mapping.resolve(output, mapping_context(data.get("input_data"),
+                                                         data.get("step_data") or {}))
+        json.dumps(result, allow_nan=False)  # what finish_jobs is sent must encode
     except mapping.MappingError as exc:
-        return "fail_job", {"p_job_id": job["job_id"], "p_message": f"output mapping: {exc}"}
+        return {"job_id": job_id, "error": f"output mapping: {exc}"}
     except RecursionError:
-        return "fail_job", {"p_job_id": job["job_id"], "p_message": "final result: nested too deeply"}
+        return {"job_id": job_id, "error": "final result: nested too deeply"}
     except Exception as exc:  # noqa: BLE001 - stored data that cannot make a result fails its job
-        return "fail_job", {"p_job_id": job["job_id"], "p_message": f"final result: {exc}"}
-    return "finish_job", {"p_job_id": job["job_id"], "p_final_result": result}
+        return {"job_id": job_id, "error": f"final result: {exc}"}
+    return {"job_id": job_id, "final_result": result}
 
 
-def _finish_outcome(fn: str, data: Any) -> str:
-    """`completed`, `failed` (the final result could not be built or is over the bounds),
-    or `` when another caller finished the job first."""
-    if fn == "fail_job":
-        return "failed"
-    answer = db.obj(data)
-    return str(answer.get("status", "completed")) if answer.get("accepted") else ""
+def _recorded(data: Any) -> list[Recorded]:
+    return [Recorded.model_validate(row) for row in db.rows(data)]
+
+
+def _finished(data: Any) -> dict[str, str]:
+    """job id -> `completed` or `failed`, for the jobs this call ended."""
+    return {str(row["job_id"]): str(row["status"]) for row in db.rows(data) if row["status"]}
 
 
 # Executors (synchronous) --------------------------------------------------------
 
-def complete(client: SyncPostgrestClient, job_id: str, step_id: str, lease_token: str,
-             output: Any) -> dict[str, Any]:
-    params: dict[str, Any] = {"p_job_id": job_id, "p_step_id": step_id,
-                              "p_lease_token": lease_token, "p_output": output}
-    return db.obj(client.rpc("complete_step", params).execute().data)
+def record_outcomes(client: SyncPostgrestClient, outcomes: list[StepOutcome]) -> list[Recorded]:
+    params: dict[str, Any] = {"p_outcomes": [o.as_sql() for o in outcomes]}
+    return _recorded(client.rpc("record_outcomes", params).execute().data)
 
 
-def finish(client: SyncPostgrestClient, job: dict[str, Any]) -> str:
-    """End the job whose last step this executor completed (see _finish_outcome)."""
-    fn, params = finish_call(job)
-    return _finish_outcome(fn, client.rpc(fn, params).execute().data)
-
-
-def fail(client: SyncPostgrestClient, job_id: str, step_id: str, lease_token: str,
-         error: str, retryable: bool) -> dict[str, Any]:
-    return db.obj(client.rpc("fail_step", _fail_params(
-        job_id, step_id, lease_token, error, retryable)).execute().data)
-
-
-def _fail_params(job_id: str, step_id: str, lease_token: str, error: str,
-                 retryable: bool) -> dict[str, Any]:
-    return {"p_job_id": job_id, "p_step_id": step_id, "p_lease_token": lease_token,
-            "p_error": error, "p_retryable": retryable}
+def finish_jobs(client: SyncPostgrestClient, jobs: list[dict[str, Any]]) -> dict[str, str]:
+    params: dict[str, Any] = {"p_jobs": jobs}
+    return _finished(client.rpc("finish_jobs", params).execute().data)
 
 
 # The orchestrator (asynchronous) -------------------------------------------------
 
-async def claim(client: AsyncPostgrestClient, limit: int) -> list[ClaimedStep]:
+async def claim_steps_async(client: AsyncPostgrestClient, limit: int) -> list[ClaimedStep]:
     params: dict[str, Any] = {"p_limit": limit}
     response = await client.rpc("claim_steps", params).execute()
     return [ClaimedStep.from_row(r) for r in db.rows(response.data)]
 
 
-async def recover_expired(client: AsyncPostgrestClient, limit: int = 100) -> int:
+async def record_outcomes_async(client: AsyncPostgrestClient,
+                                outcomes: list[StepOutcome]) -> list[Recorded]:
+    params: dict[str, Any] = {"p_outcomes": [o.as_sql() for o in outcomes]}
+    return _recorded((await client.rpc("record_outcomes", params).execute()).data)
+
+
+async def recover_expired_leases_async(client: AsyncPostgrestClient, limit: int = 100) -> int:
     params: dict[str, Any] = {"p_limit": limit}
     response = await client.rpc("recover_expired_leases", params).execute()
     return int(response.data or 0)  # type: ignore[arg-type]
 
 
-async def fail_async(client: AsyncPostgrestClient, step: ClaimedStep, error: str,
-                     retryable: bool) -> dict[str, Any]:
-    params = _fail_params(step.job_id, step.step_id, step.lease_token, error, retryable)
-    return db.obj((await client.rpc("fail_step", params).execute()).data)
-
-
-async def finishable(client: AsyncPostgrestClient, limit: int = 50,
-                     job_id: str | None = None) -> list[dict[str, Any]]:
-    params: dict[str, Any] = {"p_limit": limit, "p_job_id": job_id}
+async def finishable_jobs_async(client: AsyncPostgrestClient,
+                                limit: int = 50) -> list[dict[str, Any]]:
+    params: dict[str, Any] = {"p_limit": limit, "p_job_id": None}
     response = await client.rpc("finishable_jobs", params).execute()
     return db.rows(response.data)
 
 
-async def finish_async(client: AsyncPostgrestClient, job: dict[str, Any]) -> str:
-    """finish() for the orchestrator, which sweeps up jobs whose finisher died."""
-    fn, params = finish_call(job)
-    return _finish_outcome(fn, (await client.rpc(fn, params).execute()).data)
+async def finish_jobs_async(client: AsyncPostgrestClient,
+                            jobs: list[dict[str, Any]]) -> dict[str, str]:
+    params: dict[str, Any] = {"p_jobs": jobs}
+    return _finished((await client.rpc("finish_jobs", params).execute()).data)
 
 
-async def next_due_in(client: AsyncPostgrestClient) -> float | None:
+async def next_due_in_async(client: AsyncPostgrestClient) -> float | None:
     response = await client.rpc("next_due_in", {}).execute()
     return None if response.data is None else float(response.data)  # type: ignore[arg-type]

@@ -692,12 +692,14 @@ def step_payload(stack: Stack, job_id: str, step_id: str, lease_token: str, atte
 
 
 def deliver(stack: Stack, route: str, payload: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
-    """POST a step to its executor as the orchestrator would; returns the executor's answer."""
-    response = httpx.post(f"{stack.api_url}{route}", json=payload, headers=stack.internal_headers(),
-                          timeout=timeout)
+    """POST a step to its executor as the orchestrator would (a batch of one); returns
+    the executor's answer for it."""
+    response = httpx.post(f"{stack.api_url}{route}", json={"steps": [payload]},
+                          headers=stack.internal_headers(), timeout=timeout)
     assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
+    (result,) = response.json()["results"]
+    assert isinstance(result, dict)
+    return result
 
 
 def expire_lease(stack: Stack, job_id: str, step_id: str) -> None:

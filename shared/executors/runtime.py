@@ -1,63 +1,38 @@
-"""The glue every executor function shares: check the caller, run the step, record the outcome.
+"""The glue every executor function shares: check the caller, run a batch of steps
+concurrently, record their outcomes, finish the jobs they completed.
 
-The executor records the outcome itself, with the lease token, so a result is
-written once, by the holder of the current lease, even if the orchestrator
-that dispatched it has gone.
+The executor records outcomes itself, each fenced by its lease token, so a result is
+written once, by the holder of the current lease, even if the orchestrator that
+dispatched it has gone. Outcomes are recorded as steps end, fast siblings together
+(`record_outcomes`, one RPC), so no step waits for a slower one in its batch; the jobs
+whose last step this executor completed are finished in one more RPC (`finish_jobs`).
 """
 
 from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import httpx
 from postgrest import SyncPostgrestClient
 from postgrest.exceptions import APIError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from shared import api, auth, db, state
-from shared.errors import ApiError, bad_request
+from shared.errors import bad_request
 from shared.executors.base import StepContext, StepError
 from shared.log import logger
+from shared.protocol import BatchRequest, BatchResponse, Recorded, StepOutcome, StepRequest, StepResult
 from shared.settings import settings
 
 Execute = Callable[[dict[str, Any], Any, StepContext], Any]
 RECORD_RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0)
-
-
-class TransformerRef(BaseModel):
-    id: str
-    type: str
-    config: dict[str, Any] = Field(default_factory=dict)
-
-
-class StepRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    job_id: uuid.UUID
-    step_id: str
-    attempt: int = Field(ge=1)
-    lease_token: uuid.UUID
-    timeout_s: int = Field(ge=1, le=900)
-    transformer: TransformerRef
-    inputs: Any = None
-
-
-def _record(call: Callable[[], dict[str, Any]], keys: dict[str, Any]) -> dict[str, Any]:
-    """Retry the recording RPC through a PostgREST or Postgres restart."""
-    for delay in (*RECORD_RETRY_DELAYS_S, None):
-        try:
-            return call()
-        except (APIError, httpx.HTTPError) as exc:
-            if delay is None:
-                raise ApiError(503, "record_failed", "could not record the outcome") from exc
-            logger.warning("recording the outcome failed; retrying",
-                               extra={**keys, "error": str(exc)})
-            time.sleep(delay)
-    raise AssertionError("unreachable")
+# After one step of a batch ends, wait this long for siblings to end too, and record
+# them in the same RPC.
+RECORD_GRACE_S = 0.005
 
 
 def check_output(output: Any) -> None:
@@ -71,56 +46,91 @@ def check_output(output: Any) -> None:
         raise StepError(f"the step's output is not JSON: {exc}", retryable=False) from exc
 
 
-def _outcome(recorded: dict[str, Any]) -> str:
-    if not recorded.get("accepted"):
-        return "stale"
-    if recorded.get("retry_at"):
-        return "retry_scheduled"
-    if recorded.get("job_failed"):
-        return "failed"
-    return "completed"
+def run_step(execute: Execute, step: StepRequest) -> StepOutcome:
+    """One attempt, start to outcome; never raises."""
+    ctx = StepContext(job_id=str(step.job_id), step_id=step.step_id, attempt=step.attempt,
+                      transformer_id=step.transformer.id, timeout_s=step.timeout_s)
+    keys = ctx.log_keys()
+    job_id, lease_token = str(step.job_id), str(step.lease_token)
+    logger.info("step started", extra={**keys, "transformer": step.transformer.id})
+    try:
+        output = execute(step.transformer.config, step.inputs, ctx)
+        check_output(output)
+    except StepError as exc:
+        logger.warning("step failed", extra={**keys, "error": exc.message, "retryable": exc.retryable})
+        return StepOutcome(job_id=job_id, step_id=step.step_id, lease_token=lease_token,
+                           error=exc.message, retryable=exc.retryable)
+    except Exception as exc:  # noqa: BLE001 - any bug in a step is a failed, retryable attempt
+        logger.exception("step raised", extra=keys)
+        return StepOutcome(job_id=job_id, step_id=step.step_id, lease_token=lease_token,
+                           error=f"{type(exc).__name__}: {exc}", retryable=True)
+    return StepOutcome(job_id=job_id, step_id=step.step_id, lease_token=lease_token, output=output)
+
+
+def _record(client: SyncPostgrestClient, outcomes: list[StepOutcome]) -> list[Recorded]:
+    """record_outcomes, retried through a PostgREST or Postgres restart; if it never
+    gets through, the steps are `unrecorded` and their leases decide."""
+    for delay in (*RECORD_RETRY_DELAYS_S, None):
+        try:
+            return state.record_outcomes(client, outcomes)
+        except (APIError, httpx.HTTPError) as exc:
+            if delay is None:
+                logger.error("recording outcomes failed; the leases will decide",
+                             extra={"steps": [o.step_id for o in outcomes], "error": str(exc)})
+                break
+            logger.warning("recording outcomes failed; retrying", extra={"error": str(exc)})
+            time.sleep(delay)
+    return [Recorded(job_id=o.job_id, step_id=o.step_id, outcome="unrecorded") for o in outcomes]
+
+
+def _finish(client: SyncPostgrestClient, recorded: list[Recorded]) -> None:
+    """Finish the jobs whose last step was recorded here. A failure is left to the
+    orchestrator's scheduled sweep: the steps are recorded, nothing is lost."""
+    jobs = [state.finishing(r.job_id, r.finish) for r in recorded if r.finish is not None]
+    if not jobs:
+        return
+    try:
+        ended = state.finish_jobs(client, jobs)
+    except Exception as exc:  # noqa: BLE001 - the sweep finishes what this could not
+        logger.warning("finishing jobs failed; the orchestrator's sweep will",
+                       extra={"jobs": [j["job_id"] for j in jobs], "error": repr(exc)})
+        return
+    for job_id, status in ended.items():
+        logger.info(f"job {status}", extra={"job_id": job_id})
+
+
+def record_and_finish(client: SyncPostgrestClient, outcomes: list[StepOutcome]) -> list[Recorded]:
+    recorded = _record(client, outcomes)
+    for r in recorded:
+        logger.info("step recorded", extra={"job_id": r.job_id, "step_id": r.step_id,
+                                            "outcome": r.outcome})
+    _finish(client, recorded)
+    return recorded
+
+
+def run_batch(execute: Execute, steps: list[StepRequest]) -> list[Recorded]:
+    """Run the steps concurrently; record each group of steps that end together."""
+    client = db.as_service()
+    if len(steps) == 1:
+        return record_and_finish(client, [run_step(execute, steps[0])])
+    recorded: list[Recorded] = []
+    with ThreadPoolExecutor(max_workers=len(steps), thread_name_prefix="step") as pool:
+        pending: set[Future[StepOutcome]] = {pool.submit(run_step, execute, s) for s in steps}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            if pending:
+                more, pending = wait(pending, timeout=RECORD_GRACE_S)
+                done |= more
+            recorded += record_and_finish(client, [f.result() for f in done])
+    return recorded
 
 
 def handle(request: api.Request, execute: Execute) -> api.Reply:
     auth.verify_internal(request.headers)
     try:
-        req = StepRequest.model_validate(request.json_object(settings().max_internal_body_bytes))
+        batch = BatchRequest.model_validate(request.json_object(settings().max_internal_body_bytes))
     except ValidationError as exc:
-        raise bad_request(f"invalid step request: {exc.errors()[0]['msg']}") from exc
-    ctx = StepContext(job_id=str(req.job_id), step_id=req.step_id, attempt=req.attempt,
-                      transformer_id=req.transformer.id, timeout_s=req.timeout_s)
-    keys = ctx.log_keys()
-    client = db.as_service()
-    args = (str(req.job_id), req.step_id, str(req.lease_token))
-    logger.info("step started", extra={**keys, "transformer": req.transformer.id})
-    try:
-        output = execute(req.transformer.config, req.inputs, ctx)
-        check_output(output)
-    except StepError as exc:
-        message, retryable = exc.message, exc.retryable
-        logger.warning("step failed", extra={**keys, "error": message, "retryable": retryable})
-        recorded = _record(lambda: state.fail(client, *args, message, retryable), keys)
-    except Exception as exc:  # noqa: BLE001 - any bug in a step is a failed, retryable attempt
-        logger.exception("step raised", extra=keys)
-        message = f"{type(exc).__name__}: {exc}"
-        recorded = _record(lambda: state.fail(client, *args, message, True), keys)
-    else:
-        recorded = _record(lambda: state.complete(client, *args, output), keys)
-    outcome = _outcome(recorded)
-    logger.info("step recorded", extra={**keys, "outcome": outcome,
-                                            "duration_ms": int((ctx.timeout_s - ctx.remaining_s()) * 1000)})
-    finishable = bool(recorded.get("finish")) and not _finish_job(client, recorded["finish"], keys)
-    return api.Reply(200, {"outcome": outcome, "finishable": finishable})
-
-
-def _finish_job(client: SyncPostgrestClient, job: dict[str, Any], keys: dict[str, Any]) -> bool:
-    """This step was the job's last: finish the job now. False leaves it to the orchestrator."""
-    try:
-        finished = state.finish(client, job)
-    except Exception as exc:  # noqa: BLE001 - the step is recorded; the sweep finishes the job
-        logger.warning("finishing the job failed; the orchestrator will",
-                           extra={**keys, "error": repr(exc)})
-        return False
-    if finished:
-        logger.info(f"job {finished}", extra={"job_id": keys["job_id"]})
-    return True
+        raise bad_request(f"invalid step batch: {exc.errors()[0]['msg']}") from exc
+    recorded = run_batch(execute, batch.steps)
+    results = [StepResult(job_id=r.job_id, step_id=r.step_id, outcome=r.outcome) for r in recorded]
+    return api.Reply(200, BatchResponse(results=results).model_dump())

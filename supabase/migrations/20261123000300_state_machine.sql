@@ -400,6 +400,89 @@ begin
 end
 $$;
 
+-- Record a batch of attempts' outcomes (an executor's, or the orchestrator's for
+-- steps it could not dispatch) in one transaction: each through complete_step or
+-- fail_step, so each is fenced by its own lease token and a stale one changes
+-- nothing for the others. Jobs are taken in id order, the order every caller locks
+-- them in, so concurrent batches never deadlock. One row that raises is reported
+-- `unrecorded` (its lease decides) without undoing the rest. `finish` is set on the
+-- row that completed its job's last step: what finish_jobs needs.
+create or replace function workflow.record_outcomes(p_outcomes jsonb)
+returns table (job_id uuid, step_id text, outcome text, finish text)
+language plpgsql
+set search_path = ''
+as $$
+declare
+  o record;
+  v_result jsonb;
+begin
+  for o in
+    select (e ->> 'job_id')::uuid as job_id, e ->> 'step_id' as step_id,
+           (e ->> 'lease_token')::uuid as lease_token, e -> 'output' as output,
+           e ? 'error' as failed, e ->> 'error' as error,
+           coalesce((e ->> 'retryable')::boolean, true) as retryable
+    from jsonb_array_elements(p_outcomes) e
+    order by 1, 2
+  loop
+    job_id := o.job_id;
+    step_id := o.step_id;
+    finish := null;
+    begin
+      if o.failed then
+        v_result := workflow.fail_step(o.job_id, o.step_id, o.lease_token, o.error, o.retryable);
+      else
+        v_result := workflow.complete_step(o.job_id, o.step_id, o.lease_token, o.output);
+      end if;
+      outcome := case
+        when not (v_result ->> 'accepted')::boolean then 'stale'
+        when v_result ? 'retry_at' then 'retry_scheduled'
+        when coalesce((v_result ->> 'job_failed')::boolean, false) then 'failed'
+        else 'completed' end;
+      finish := v_result -> 'finish' ->> 'payload';
+    exception when others then
+      raise warning 'record_outcomes: job % step %: %', o.job_id, o.step_id, sqlerrm;
+      outcome := 'unrecorded';
+    end;
+    return next;
+  end loop;
+end
+$$;
+
+-- Finish a batch of jobs whose steps are all complete: `final_result` (built in
+-- Python from the output mapping) completes one, `error` fails it. Jobs in id order.
+create or replace function workflow.finish_jobs(p_jobs jsonb)
+returns table (job_id uuid, status text)
+language plpgsql
+set search_path = ''
+as $$
+declare
+  r record;
+  v_result jsonb;
+  v_status text;
+begin
+  for r in
+    select (e ->> 'job_id')::uuid as job_id, e ? 'error' as failed, e ->> 'error' as error,
+           e -> 'final_result' as final_result
+    from jsonb_array_elements(p_jobs) e
+    order by 1
+  loop
+    job_id := r.job_id;
+    if r.failed then
+      select j.status into v_status from workflow.jobs j where j.id = r.job_id for update;
+      status := null;
+      if v_status = 'running' then  -- not one another finisher has ended meanwhile
+        perform workflow.fail_job(r.job_id, r.error);
+        status := 'failed';
+      end if;
+    else
+      v_result := workflow.finish_job(r.job_id, r.final_result);
+      status := case when (v_result ->> 'accepted')::boolean then v_result ->> 'status' end;
+    end if;
+    return next;
+  end loop;
+end
+$$;
+
 -- Cancel a job for its owner (cancel-job passes the user it verified); another
 -- user's job is as missing as an unknown one. A finished job stays as it is.
 create or replace function workflow.cancel_job(p_job_id uuid, p_user_id uuid) returns jsonb

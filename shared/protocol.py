@@ -1,0 +1,93 @@
+"""The orchestrator-executor protocol, typed once for both sides.
+
+One request carries a batch of claimed steps for one executor function; the executor
+runs them concurrently, records their outcomes itself (`record_outcomes`, each fenced
+by its lease token) and answers with each step's outcome. The SQL's answer for a
+recorded step is the same `Outcome`, decoded here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Steps per executor request. A batch shares one HTTP request, so only steps whose
+# timeout fits API Gateway's 30 s integration limit are batched (BATCH_MAX_TIMEOUT_S);
+# a longer step goes alone and, as before, its lease decides if the call times out.
+MAX_BATCH = 32
+BATCH_MAX_TIMEOUT_S = 25
+
+# What happened to one recorded step: `stale` when its lease had moved on (nothing
+# changed), `unrecorded` when the database could not be reached to record it (its
+# lease decides).
+Outcome = Literal["completed", "retry_scheduled", "failed", "stale", "unrecorded"]
+
+
+class TransformerRef(BaseModel):
+    id: str
+    type: str
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class StepRequest(BaseModel):
+    """One leased attempt, with its inputs already resolved by the orchestrator."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    job_id: uuid.UUID
+    step_id: str
+    attempt: int = Field(ge=1)
+    lease_token: uuid.UUID
+    timeout_s: int = Field(ge=1, le=900)
+    transformer: TransformerRef
+    inputs: Any = None
+
+    def log_keys(self) -> dict[str, Any]:
+        return {"job_id": str(self.job_id), "step_id": self.step_id, "attempt": self.attempt}
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    steps: list[StepRequest] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class StepResult(BaseModel):
+    job_id: str
+    step_id: str
+    outcome: Outcome
+
+
+class BatchResponse(BaseModel):
+    results: list[StepResult]
+
+
+class StepOutcome(BaseModel):
+    """What an attempt produced, as `record_outcomes` takes it: an output, or an error."""
+
+    job_id: str
+    step_id: str
+    lease_token: str
+    output: Any = None
+    error: str | None = None
+    retryable: bool = True
+
+    def as_sql(self) -> dict[str, Any]:
+        """The JSON `record_outcomes` reads: `error` present means a failed attempt."""
+        if self.error is None:
+            return {"job_id": self.job_id, "step_id": self.step_id,
+                    "lease_token": self.lease_token, "output": self.output}
+        return {"job_id": self.job_id, "step_id": self.step_id, "lease_token": self.lease_token,
+                "error": self.error, "retryable": self.retryable}
+
+
+class Recorded(BaseModel):
+    """`record_outcomes`' row for one step; `finish` is set when that step was its job's
+    last, carrying what finishing the job needs (see state.finish_jobs)."""
+
+    job_id: str
+    step_id: str
+    outcome: Outcome
+    finish: str | None = None

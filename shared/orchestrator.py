@@ -152,7 +152,8 @@ class Pass:
             self.summary.jobs_finished += status == "completed"
             logger.info(f"job {status}", extra={"job_id": job_id})
 
-    def batches(self, claimed: list[state.ClaimedStep]) -> tuple[list[Batch], list[StepOutcome]]:
+    @classmethod
+    def batches(cls, claimed: list[state.ClaimedStep]) -> tuple[list[Batch], list[StepOutcome]]:
         """The claimed steps grouped into one request per executor (long steps alone); a
         step that cannot be prepared is a permanent failure of its own, never the batch's."""
         failures: list[StepOutcome] = []
@@ -163,7 +164,7 @@ class Pass:
                                             retryable=False))
                 continue
             try:
-                body = self.step_request(step)
+                body = cls.step_request(step)
             except mapping.MappingError as exc:
                 failures.append(step.failed(f"inputs: {exc}", retryable=False))
                 continue

@@ -193,10 +193,10 @@ def receiver() -> Iterator[Receiver]:
 
 @dataclass(frozen=True)
 class Dispatch:
+    """One executor request: a batch of (job_id, step_id, attempt)."""
+
     serial: int
-    job_id: str
-    step_id: str
-    attempt: int
+    steps: tuple[tuple[str, str, int], ...]
 
 
 @dataclass
@@ -249,9 +249,9 @@ def dispatch_proxy(target: str) -> Iterator[DispatchProxy]:
 
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            step = json.loads(body)
+            steps = tuple((s["job_id"], s["step_id"], s["attempt"]) for s in json.loads(body)["steps"])
             with proxy.cond:
-                dispatch = Dispatch(len(proxy.held) + 1, step["job_id"], step["step_id"], step["attempt"])
+                dispatch = Dispatch(len(proxy.held) + 1, steps)
                 proxy.held.append(dispatch)
                 proxy.cond.notify_all()
                 proxy.cond.wait_for(lambda: dispatch.serial in proxy.decisions, timeout=120)

@@ -151,7 +151,7 @@ def test_orchestrator_killed_mid_dispatch(stack: Stack, user: User, rec: Receive
         try:
             external.wait_ready()
             start_some(stack, user, batch, OK_JOBS * 2, DOOMED_JOBS, quiet=True)
-            rec.wait_for(lambda: len(proxy.dispatches()) >= 4, 30, "the orchestrator's dispatches")
+            rec.wait_for(lambda: len(proxy.dispatches()) >= 2, 30, "the orchestrator's dispatches")
             time.sleep(0.5)
         finally:
             code = external.kill()
@@ -167,13 +167,14 @@ def test_orchestrator_killed_mid_dispatch(stack: Stack, user: User, rec: Receive
     print(f"SIGKILLed an orchestrator pass with {len(held)} dispatches in flight; "
           f"{len(delivered)} delivered after its death, {len(lost)} never delivered")
     found = settle_and_check(stack, batch)
-    for dispatch in lost:
+    lost_steps = [step for dispatch in lost for step in dispatch.steps]
+    for job_id, step_id, attempt in lost_steps:
         (recovered,), = stack.sql(
             "select count(*) from workflow.job_events where job_id = %s and step_id = %s and attempt = %s"
             " and event_type = 'step_retry_scheduled' and detail ->> 'error' like 'lease expired%%'",
-            (dispatch.job_id, dispatch.step_id, dispatch.attempt))
-        assert recovered == 1, f"{dispatch} was never delivered, yet its lease did not expire into a retry"
-    assert found.lease_recoveries >= len(lost)
+            (job_id, step_id, attempt))
+        assert recovered == 1, f"{step_id} of {job_id} was never delivered, yet its lease did not expire"
+    assert found.lease_recoveries >= len(lost_steps)
 
 
 def test_postgres_restarts_mid_run(stack: Stack, user: User, rec: Receiver) -> None:

@@ -542,3 +542,50 @@ def test_a_job_whose_finisher_died_is_finished_by_the_next_scheduled_pass(
     assert summary["jobs_finished"] >= 1, summary
     assert stack.sql("select status, final_result, current_step_id from workflow.jobs"
                      " where id = %s", (job_id,)) == [("completed", {"done": True}, None)]
+
+
+def test_an_executor_batch_records_each_step_on_its_own_lease(stack: Stack) -> None:
+    """One request, several steps: each outcome is fenced by its own lease token, so a
+    stale one changes nothing and does not disturb the others."""
+    from tests import faults
+
+    (first, _), (second, _) = _pending_job(stack, hold=True), _pending_job(stack, hold=True)
+    leases = {job: _claim_own(stack, job)["lease_token"] for job in (first, second)}
+    route, current = faults.step_payload(stack, first, "only", leases[first], 1)
+    _, stale = faults.step_payload(stack, second, "only", str(uuid.uuid4()), 1)
+    response = httpx.post(f"{stack.api_url}{route}", json={"steps": [current, stale]},
+                          headers=stack.internal_headers(), timeout=60)
+    assert response.status_code == 200, response.text
+    outcomes = {r["job_id"]: r["outcome"] for r in response.json()["results"]}
+    assert outcomes == {first: "completed", second: "stale"}
+    assert wait_status(stack, first, "completed") == "completed"
+    assert stack.sql("select status from workflow.job_steps where job_id = %s", (second,)) == [
+        ("running",)]
+
+
+def test_claimed_steps_go_one_request_per_executor() -> None:
+    """Steps for one executor share a request; a long step goes alone (API Gateway's 30 s);
+    a step that cannot be prepared is its own failure, not the batch's."""
+    from shared import state
+    from shared.orchestrator import Pass
+    from shared.protocol import BATCH_MAX_TIMEOUT_S
+
+    def step(i: int, target: str | None = "execute-transform", timeout_s: int = 10,
+             payload: str = '{"inputs": {"i": "$.input.i"}, "input_data": {"i": 1}}') -> state.ClaimedStep:
+        return state.ClaimedStep(job_id=str(uuid.uuid4()), step_id=f"s{i}", attempt=1,
+                                 lease_token=str(uuid.uuid4()), timeout_s=timeout_s,
+                                 transformer_id="t", transformer_type=target and "x",
+                                 target_function=target, payload=payload)
+
+    claimed = [step(1), step(2), step(3), step(4, timeout_s=BATCH_MAX_TIMEOUT_S + 1),
+               step(5, "execute-webhook-call"), step(6, None),
+               step(7, payload="[" * 5000 + "]" * 5000), step(8, payload='{"inputs": "$.steps.x.output"}')]
+    batches, failures = Pass.batches(claimed)
+    assert sorted((b.target, [s.step_id for s in b.steps]) for b in batches) == [
+        ("execute-transform", ["s1", "s2", "s3"]), ("execute-transform", ["s4"]),
+        ("execute-webhook-call", ["s5"])]
+    assert {f.step_id: f.retryable for f in failures} == {"s6": False, "s7": False, "s8": False}
+    assert "unknown transformer" in next(f.error or "" for f in failures if f.step_id == "s6")
+    assert "nested too deeply" in next(f.error or "" for f in failures if f.step_id == "s7")
+    body = json.loads(next(b for b in batches if len(b.steps) == 3).body())
+    assert [s["inputs"] for s in body["steps"]] == [{"i": 1}] * 3

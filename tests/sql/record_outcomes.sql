@@ -1,0 +1,40 @@
+-- record_outcomes: a batch of outcomes in one call, each fenced by its own lease.
+begin;
+select plan(7);
+
+\set uid '00000000-0000-4000-8000-00000000b001'
+insert into auth.users (id, email) values (:'uid', 'batch@example.test');
+insert into workflow.workflows (id, definition) values ('tap-batch', '{"steps": [
+  {"id": "a", "transformer": "transform", "retry": {"max_retries": 2}}]}');
+select workflow.start_job(:'uid', 'tap-batch', 1, '{"n": 1}') ->> 'job_id' as j1 \gset
+select workflow.start_job(:'uid', 'tap-batch', 1, '{"n": 2}') ->> 'job_id' as j2 \gset
+select workflow.start_job(:'uid', 'tap-batch', 1, '{"n": 3}') ->> 'job_id' as j3 \gset
+update workflow.job_steps set next_attempt_at = '-infinity' where job_id in (:'j1', :'j2', :'j3');
+create temp table leases as select job_id, lease_token from workflow.claim_steps(3);
+select is((select count(*)::int from leases where job_id in (:'j1', :'j2', :'j3')), 3, 'three steps claimed');
+
+create temp table recorded as
+  select * from workflow.record_outcomes((select jsonb_agg(o) from (
+    select jsonb_build_object('job_id', job_id, 'step_id', 'a', 'lease_token', lease_token,
+                              'output', jsonb_build_object('done', true)) o
+      from leases where job_id = :'j1'
+    union all
+    select jsonb_build_object('job_id', job_id, 'step_id', 'a', 'lease_token', lease_token,
+                              'error', 'flaky', 'retryable', true)
+      from leases where job_id = :'j2'
+    union all
+    select jsonb_build_object('job_id', :'j3', 'step_id', 'a', 'lease_token', gen_random_uuid(),
+                              'output', '{}'::jsonb)) x));
+
+select is((select outcome from recorded where job_id = :'j1'), 'completed', 'a current lease completes');
+select is((select outcome from recorded where job_id = :'j2'), 'retry_scheduled',
+          'a retryable failure schedules a retry');
+select is((select outcome from recorded where job_id = :'j3'), 'stale', 'a wrong token is stale');
+select is((select status from workflow.job_steps where job_id = :'j3'), 'running',
+          'and changes nothing for its step');
+select ok((select finish::jsonb ->> 'input_data' = '{"n": 1}' from recorded where job_id = :'j1'),
+          'the step that ends its job carries what finishing needs');
+select is((select finish from recorded where job_id = :'j2'), null, 'the others carry nothing');
+
+select * from finish();
+rollback;

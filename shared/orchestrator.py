@@ -1,14 +1,19 @@
 """One orchestrator pass: recover, claim, resolve inputs, dispatch, and keep draining.
 
-The pass keeps claiming steps that become ready while executors answer, so a
-job moves from step to step without waiting for a cron tick. Any number of
-passes may run at once: claims are SKIP LOCKED and leases fence late results.
+The pass keeps claiming steps that become ready while executors answer, so a job
+moves from step to step without waiting for a cron tick, and then lingers, polling,
+in case more comes. While a pass is alive (its heartbeat row, renewed as it claims)
+a start needs no kick: start_job says so. This coalesces kicks in the database, so
+it works on Lambda, where every kick is an invocation of its own. A pass ends with
+end_pass, which waits for the starts that saw it alive, and one last claim.
+
+Any number of passes may run at once: claims are SKIP LOCKED and leases fence late
+results.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -30,85 +35,10 @@ from shared.protocol import (
 
 # Waiting for a retry that is due soon beats leaving it to the next cron tick.
 MAX_RETRY_WAIT_S = 5.0
-# A kick joins a draining pass only if that pass has this long left to serve it.
-JOIN_MIN_LEFT_S = 2.0
-
-
-class Wakeup:
-    """How a kick reaches a pass that is already draining, from another thread.
-
-    `pending` says a job was started since the pass last claimed; the pass
-    claims again before it stops, so the kicked job never waits for cron.
-    """
-
-    def __init__(self, deadline: float) -> None:
-        self.deadline = deadline
-        self.pending = False
-        self.full = False  # every dispatch slot taken: a kick would wait, so it starts a pass
-        self._loop = asyncio.get_running_loop()
-        self._event = asyncio.Event()
-
-    def set(self) -> None:
-        self.pending = True
-        self._loop.call_soon_threadsafe(self._event.set)
-
-    async def wait(self, timeout: float) -> None:
-        """Until a kick arrives or `timeout` passes."""
-        waiter = self.waiter()
-        await asyncio.wait({waiter}, timeout=timeout)
-        waiter.cancel()
-
-    def waiter(self) -> asyncio.Task[None]:
-        """A task that ends at the next kick (and re-arms the event for the one after)."""
-        async def next_kick() -> None:
-            await self._event.wait()
-            self._event.clear()
-        return asyncio.create_task(next_kick())
-
-
-class KickedPasses:
-    """One kicked pass drains per process; later kicks wake it instead of starting
-    another pass (one new pass per job started cost more than the job), unless its
-    dispatch slots are all taken by slow steps or its budget is nearly spent.
-
-    On Lambda an instance serves one request at a time, so there every kick
-    starts its own pass and this changes nothing; in the local gateway, where
-    the functions share a process, it keeps passes from piling up under load.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._active: Wakeup | None = None
-
-    def join_or_register(self, wakeup: Wakeup) -> bool:
-        """True: a draining pass took the kick. False: `wakeup`'s pass is now the one."""
-        with self._lock:
-            active = self._active
-            if (active is not None and not active.full
-                    and active.deadline - time.monotonic() > JOIN_MIN_LEFT_S):
-                active.set()
-                return True
-            self._active = wakeup
-            return False
-
-    def may_stop(self, wakeup: Wakeup) -> bool:
-        """False while a kick is pending and time is left: claim once more first."""
-        with self._lock:
-            if wakeup.pending and time.monotonic() < wakeup.deadline:
-                return False
-            self._drop(wakeup)
-            return True
-
-    def unregister(self, wakeup: Wakeup) -> None:
-        with self._lock:
-            self._drop(wakeup)
-
-    def _drop(self, wakeup: Wakeup) -> None:
-        if self._active is wakeup:
-            self._active = None
-
-
-kicked_passes = KickedPasses()
+# A pass's heartbeat says it is alive this long; it is renewed when half has passed.
+HEARTBEAT_S = 1.0
+# Polls back off from settings' orchestrator_poll_s to this while nothing comes.
+MAX_POLL_S = 0.1
 
 
 @dataclass
@@ -122,7 +52,6 @@ class PassSummary:
     recovered: int = 0
     jobs_finished: int = 0
     undelivered: int = 0
-    joined: int = 0
     duration_ms: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -131,14 +60,16 @@ class PassSummary:
 
 class Pass:
     def __init__(self, client: AsyncPostgrestClient, http: httpx.AsyncClient, base_url: str,
-                 concurrency: int, batch: int, wakeup: Wakeup) -> None:
+                 deadline: float, knobs: Knobs) -> None:
         self.client = client
         self.http = http
         self.base_url = base_url
-        self.concurrency = concurrency
-        self.batch = batch
-        self.wakeup = wakeup
+        self.deadline = deadline
+        self.knobs = knobs
         self.summary = PassSummary()
+        self.pass_id = str(uuid.uuid4())
+        self.renew_at = 0.0  # when the heartbeat next needs renewing; 0: not alive
+        self.inflight: dict[asyncio.Task[None], int] = {}  # a batch's task -> its steps
 
     async def finish_stranded(self) -> None:
         """The sweep: jobs whose steps are all complete but whose finisher (the executor
@@ -232,55 +163,83 @@ class Pass:
             logger.warning("step failed before dispatch", extra={
                 "job_id": outcome.job_id, "step_id": outcome.step_id, "error": outcome.error})
 
+    def busy(self) -> int:
+        return sum(self.inflight.values())
+
+    async def claim(self, limit: int) -> int:
+        """Claim and dispatch; the heartbeat rides along when it needs renewing."""
+        renew = time.monotonic() >= self.renew_at
+        claimed = await state.claim_steps_async(
+            self.client, limit, self.pass_id if renew else None, HEARTBEAT_S)
+        if renew:
+            self.renew_at = time.monotonic() + HEARTBEAT_S / 2
+        self.summary.claimed += len(claimed)
+        batches, failures = self.batches(claimed)
+        if failures:
+            await self.fail(failures)
+        for batch in batches:
+            self.inflight[asyncio.create_task(self.run_batch(batch))] = len(batch.steps)
+        return len(claimed)
+
+    async def end(self) -> bool:
+        """Stop being alive, then claim once more: a start that saw this pass alive has
+        committed by now (end_pass waits for it), so its job is found here or it kicked."""
+        await state.end_pass_async(self.client, self.pass_id)
+        self.renew_at = float("inf")  # the last claim must not bring the heartbeat back
+        found = await self.claim(self.knobs.batch)
+        self.renew_at = 0.0
+        return found == 0
+
+    async def settle(self, timeout: float) -> None:
+        """Wait up to `timeout` for a batch to end (or for the next poll)."""
+        if not self.inflight:
+            await asyncio.sleep(timeout)
+            return
+        done, _ = await asyncio.wait(self.inflight, timeout=timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            self.inflight.pop(task, None)
+            if task.exception() is not None:
+                logger.error("batch task failed", exc_info=task.exception())
+
     async def run(self, housekeeping_too: bool) -> PassSummary:
-        deadline = self.wakeup.deadline
         # Housekeeping runs beside the first claim, not before it: a kicked pass
         # should reach its job's first step in one round trip.
         housekeeping = asyncio.create_task(
             self.housekeeping() if housekeeping_too else asyncio.sleep(0))
-        inflight: dict[asyncio.Task[None], int] = {}  # a batch's task -> its steps
-        kicked = self.wakeup.waiter()
+        knobs = self.knobs
+        idle_since, polls = time.monotonic(), 0
         try:
             while True:
-                left = deadline - time.monotonic()
-                room = self.concurrency - sum(inflight.values())
-                if left > 0 and room > 0:
-                    self.wakeup.pending = False  # this claim sees every job started so far
-                    limit = min(self.batch, room)
-                    claimed = await state.claim_steps_async(self.client, limit)
-                    self.summary.claimed += len(claimed)
-                    batches, failures = self.batches(claimed)
-                    if failures:
-                        await self.fail(failures)
-                    for batch in batches:
-                        inflight[asyncio.create_task(self.run_batch(batch))] = len(batch.steps)
-                    if len(claimed) == limit and sum(inflight.values()) < self.concurrency:
-                        continue  # more may be waiting: claim again before waiting
-                if not inflight:
-                    due = await state.next_due_in_async(self.client) if left > 0 else None
-                    if due is None or due > min(MAX_RETRY_WAIT_S, left):
-                        if kicked_passes.may_stop(self.wakeup):
-                            break
-                        continue
-                    await self.wakeup.wait(max(due, 0.02))
-                    continue
+                left = self.deadline - time.monotonic()
+                room = knobs.concurrency - self.busy()
                 if left <= 0:
-                    # Out of time: the executors still record their outcomes themselves.
-                    await asyncio.wait(inflight, timeout=2.0)
+                    await self.end()
+                    if self.inflight:  # the executors record their outcomes themselves
+                        await asyncio.wait(self.inflight, timeout=2.0)
                     break
-                self.wakeup.full = sum(inflight.values()) >= self.concurrency
-                done, _ = await asyncio.wait({*inflight, kicked}, timeout=left,
-                                             return_when=asyncio.FIRST_COMPLETED)
-                self.wakeup.full = False
-                if kicked in done:
-                    done.discard(kicked)
-                    kicked = self.wakeup.waiter()
-                for task in done:
-                    inflight.pop(task, None)
-                    if task.exception() is not None:
-                        logger.error("batch task failed", exc_info=task.exception())
+                if room > 0:
+                    limit = min(knobs.batch, room)
+                    found = await self.claim(limit)
+                    if found:
+                        idle_since, polls = time.monotonic(), 0
+                    if found == limit and self.busy() < knobs.concurrency:
+                        continue  # more may be waiting: claim again before waiting
+                if not self.inflight and time.monotonic() - idle_since >= knobs.linger_s:
+                    due = await state.next_due_in_async(self.client)
+                    if due is None or due > min(MAX_RETRY_WAIT_S, left):
+                        if await self.end():
+                            break
+                        idle_since = time.monotonic()
+                        continue
+                await self.settle(min(MAX_POLL_S, knobs.poll_s * 1.5 ** polls, max(left, 0.001)))
+                polls += 1
         finally:
-            kicked.cancel()
+            if self.renew_at != 0.0 and self.renew_at != float("inf"):
+                try:  # a pass that fails still stops being alive, if it can
+                    await state.end_pass_async(self.client, self.pass_id)
+                except (APIError, httpx.HTTPError):
+                    pass  # its heartbeat expires within HEARTBEAT_S
         await housekeeping
         return self.summary
 
@@ -306,26 +265,32 @@ class Batch:
         return b'{"steps": [' + b", ".join(body for _, body in self.items) + b"]}"
 
 
-async def run_pass(base_url: str, budget_s: float, concurrency: int = 32,
-                   batch: int = 16, kicked: bool = False) -> PassSummary:
-    """A kicked pass (start-workflow kicks one per job) joins a pass already draining
-    in this process when there is one, and leaves lease recovery and stranded jobs
-    to the scheduled passes, saving two RPCs per start."""
+@dataclass(frozen=True)
+class Knobs:
+    """How a pass runs (Settings: SUPAFLOW_ORCHESTRATOR_*)."""
+
+    concurrency: int = 32  # steps in flight at once
+    batch: int = 16  # steps per claim
+    linger_s: float = 2.0  # how long an idle pass keeps polling for new steps
+    poll_s: float = 0.01  # the first poll interval when idle (backs off to MAX_POLL_S)
+
+
+async def run_pass(base_url: str, budget_s: float, knobs: Knobs | None = None,
+                   kicked: bool = False) -> PassSummary:
+    """A kicked pass (start-workflow kicks one when no pass is alive) leaves lease recovery
+    and stranded jobs to the scheduled passes, saving two RPCs."""
     started = time.monotonic()
-    wakeup = Wakeup(started + budget_s)
-    if kicked and kicked_passes.join_or_register(wakeup):
-        return PassSummary(joined=1)
-    limits = httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8)
+    knobs = knobs or Knobs()
+    limits = httpx.Limits(max_connections=knobs.concurrency + 8,
+                          max_keepalive_connections=knobs.concurrency + 8)
     try:
         async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(30.0, connect=5.0),
                                      verify=tls.context()) as http:
             client = db.as_service_async(http)
-            summary = await Pass(client, http, base_url, concurrency, batch, wakeup).run(
+            summary = await Pass(client, http, base_url, started + budget_s, knobs).run(
                 housekeeping_too=not kicked)
     except (APIError, httpx.HTTPError) as exc:
         logger.error("orchestrator pass stopped: database unreachable", extra={"error": str(exc)})
         raise
-    finally:
-        kicked_passes.unregister(wakeup)
     summary.duration_ms = int((time.monotonic() - started) * 1000)
     return summary

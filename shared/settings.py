@@ -15,6 +15,11 @@ def _int(name: str, default: int) -> int:
     return int(raw) if raw else default
 
 
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    return float(raw) if raw else default
+
+
 @dataclass(frozen=True)
 class Settings:
     supabase_url: str
@@ -29,6 +34,13 @@ class Settings:
     # earlier outputs (each up to 1 MiB), so it may exceed what a user may send.
     # 6 MiB is a synchronous Lambda invocation's own limit.
     max_internal_body_bytes: int = 6 * 1024 * 1024
+    # An orchestrator pass: its time budget (capped by Lambda's remaining time), steps
+    # in flight, steps per claim, how long it lingers idle, its first poll interval.
+    orchestrator_budget_s: float = 60.0
+    orchestrator_concurrency: int = 32
+    orchestrator_batch: int = 16
+    orchestrator_linger_s: float = 2.0
+    orchestrator_poll_s: float = 0.01
     rest_url_override: str = ""
 
     @property
@@ -54,5 +66,10 @@ def settings() -> Settings:
         max_body_bytes=_int("SUPAFLOW_MAX_BODY_BYTES", 1024 * 1024),
         jwt_leeway_s=_int("SUPAFLOW_JWT_LEEWAY_S", 30),
         max_internal_body_bytes=_int("SUPAFLOW_MAX_INTERNAL_BODY_BYTES", 6 * 1024 * 1024),
+        orchestrator_budget_s=_float("SUPAFLOW_ORCHESTRATOR_BUDGET_S", 60.0),
+        orchestrator_concurrency=_int("SUPAFLOW_ORCHESTRATOR_CONCURRENCY", 32),
+        orchestrator_batch=_int("SUPAFLOW_ORCHESTRATOR_BATCH", 16),
+        orchestrator_linger_s=_float("SUPAFLOW_ORCHESTRATOR_LINGER_S", 2.0),
+        orchestrator_poll_s=_float("SUPAFLOW_ORCHESTRATOR_POLL_S", 0.01),
         rest_url_override=env.get("SUPAFLOW_REST_URL", "").rstrip("/"),
     )

@@ -131,10 +131,16 @@ def finish_jobs(client: SyncPostgrestClient, jobs: list[dict[str, Any]]) -> dict
 
 # The orchestrator (asynchronous) -------------------------------------------------
 
-async def claim_steps_async(client: AsyncPostgrestClient, limit: int) -> list[ClaimedStep]:
-    params: dict[str, Any] = {"p_limit": limit}
+async def claim_steps_async(client: AsyncPostgrestClient, limit: int, pass_id: str | None = None,
+                            alive_s: float = 0) -> list[ClaimedStep]:
+    params: dict[str, Any] = {"p_limit": limit, "p_pass_id": pass_id, "p_alive_s": alive_s}
     response = await client.rpc("claim_steps", params).execute()
     return [ClaimedStep.from_row(r) for r in db.rows(response.data)]
+
+
+async def end_pass_async(client: AsyncPostgrestClient, pass_id: str) -> None:
+    params: dict[str, Any] = {"p_pass_id": pass_id}
+    await client.rpc("end_pass", params).execute()
 
 
 async def record_outcomes_async(client: AsyncPostgrestClient,

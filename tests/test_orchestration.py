@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,7 +19,7 @@ import httpx
 import pytest
 
 from shared.executors.webhook_call import verify_signature
-from shared.orchestrator import PassSummary, run_pass
+from shared.orchestrator import Knobs, PassSummary, run_pass
 from stack.demo import run as run_demo
 from stack.demo import sine_wav
 from tests.api_client import Api
@@ -459,8 +460,7 @@ class _HeldReceiver(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def _pass_waiting_on_a_slow_step(
-        stack: Stack, concurrency: int = 32) -> Iterator[tuple[str, Future[PassSummary]]]:
+def _pass_waiting_on_a_slow_step(stack: Stack) -> Iterator[tuple[str, Future[PassSummary]]]:
     """A kicked pass, in a thread, that has dispatched a one-step job whose webhook answers
     only when the block ends. Yields the job and the pass's future summary."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _HeldReceiver)
@@ -470,10 +470,16 @@ def _pass_waiting_on_a_slow_step(
     hook = add_transformer(stack, "webhook_call", "execute-webhook-call", {
         "url": f"http://127.0.0.1:{server.server_address[1]}/hook",
         "secret_env_var": "SUPAFLOW_WEBHOOK_SECRET"})
+    # Passes of earlier tests linger a little: wait until none is alive, so that this
+    # pass is the only one that can claim what the test creates.
+    deadline = time.monotonic() + 15
+    while stack.sql("select count(*) from workflow.orchestrator_passes where alive_until > now()")[0][0]:
+        assert time.monotonic() < deadline, "other orchestrator passes did not end"
+        time.sleep(0.1)
     slow_job, _ = _pending_job(stack, step={"id": "hook", "transformer": hook, "inputs": {"body": {}}})
     with ThreadPoolExecutor(1) as pool:
         draining = pool.submit(lambda: asyncio.run(
-            run_pass(stack.api_url, 30, concurrency=concurrency, kicked=True)))
+            run_pass(stack.api_url, 30, Knobs(linger_s=0.5), kicked=True)))
         try:
             assert _HeldReceiver.arrived.wait(20), "the slow step was never dispatched"
             yield slow_job, draining
@@ -484,15 +490,14 @@ def _pass_waiting_on_a_slow_step(
     assert wait_status(stack, slow_job, "completed") == "completed"
 
 
-def test_a_kick_joins_the_pass_already_draining(
+def test_a_pass_keeps_claiming_while_a_step_is_slow(
         stack: Stack, no_cron: None, function_env: None) -> None:
-    """While a kicked pass waits on a slow step, a second kick in the same process wakes
-    that pass, which claims the new job at once, instead of starting a pass of its own."""
+    """A job created while a pass waits on a slow step needs no kick: the pass polls,
+    claims it, and completes it while the slow step is still in flight."""
     with _pass_waiting_on_a_slow_step(stack) as (slow_job, draining):
-        quick_job, _ = _pending_job(stack)
-        joined = asyncio.run(run_pass(stack.api_url, 30, kicked=True))
-        assert joined.joined == 1 and joined.claimed == 0, joined
-        # Done by the woken pass while the slow step is still in flight.
+        assert stack.sql("select count(*) from workflow.orchestrator_passes"
+                         " where alive_until > now()")[0][0] >= 1, "the pass is not alive"
+        quick_job, _ = _pending_job(stack)  # created in SQL: nobody kicks
         assert wait_status(stack, quick_job, "completed", timeout_s=5) == "completed"
         assert stack.sql("select status from workflow.jobs where id = %s",
                          (slow_job,)) == [("running",)]
@@ -500,16 +505,29 @@ def test_a_kick_joins_the_pass_already_draining(
     assert summary.claimed == 2 and summary.completed == 2, summary
 
 
-def test_a_kick_does_not_join_a_pass_with_no_free_slot(
-        stack: Stack, no_cron: None, function_env: None) -> None:
-    """A pass whose every dispatch slot waits on a slow step would make the kicked job
-    wait too: the kick starts a pass of its own instead."""
-    with _pass_waiting_on_a_slow_step(stack, concurrency=1) as (_, draining):
-        quick_job, _ = _pending_job(stack)
-        own = asyncio.run(run_pass(stack.api_url, 30, kicked=True))
-        assert own.joined == 0 and own.claimed == 1 and own.completed == 1, own
-        assert wait_status(stack, quick_job, "completed", timeout_s=5) == "completed"
-    assert draining.result().claimed == 1
+def test_a_start_that_saw_a_pass_alive_is_never_missed(stack: Stack) -> None:
+    """A pass ends with end_pass, which waits for every start that saw it alive (and so
+    did not kick) to commit; its last claim then finds that start's job."""
+    user = stack.create_user()
+    wid = create_workflow(stack, {"steps": [{"id": "only", "transformer": "transform"}]})
+    pass_id = str(uuid.uuid4())
+    stack.sql("insert into workflow.orchestrator_passes (id, alive_until)"
+              " values (%s, now() + interval '1 minute')", (pass_id,))
+    with stack.db() as starter:
+        starter.autocommit = False
+        started = starter.execute("select workflow.start_job(%s, %s, 1, '{}')", (user.id, wid)).fetchone()
+        assert started is not None and started[0]["kick"] is False
+        with ThreadPoolExecutor(1) as pool:
+            ending = pool.submit(stack.sql, "select workflow.end_pass(%s)", (pass_id,))
+            time.sleep(0.5)
+            assert not ending.done(), "end_pass did not wait for the start that saw the pass"
+            starter.commit()
+            ending.result(timeout=10)
+    assert stack.sql("select count(*) from workflow.orchestrator_passes where id = %s",
+                     (pass_id,)) == [(0,)]
+    # The job is committed and visible to the claim that follows end_pass.
+    assert stack.sql("select count(*) from workflow.jobs where id = %s",
+                     (started[0]["job_id"],)) == [(1,)]
 
 
 def test_an_output_mapping_that_cannot_resolve_fails_the_job(stack: Stack, api: Api) -> None:

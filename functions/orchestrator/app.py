@@ -7,20 +7,20 @@ holding the internal credential. Any number may run at once.
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any
 
 from shared import api, auth, orchestrator
 from shared.dispatch import KICK_REASON, functions_url
 from shared.errors import ApiError
 from shared.log import logger
+from shared.settings import settings
 
 # Leave this much of the function's timeout for the last answers to arrive.
 MARGIN_S = 15.0
 
 
 def _budget_s(context: Any) -> float:
-    configured = float(os.environ.get("SUPAFLOW_ORCHESTRATOR_BUDGET_S", "60"))
+    configured = settings().orchestrator_budget_s
     if context is not None and hasattr(context, "get_remaining_time_in_millis"):
         remaining = float(context.get_remaining_time_in_millis()) / 1000
         return max(1.0, min(configured, remaining - MARGIN_S))
@@ -28,12 +28,11 @@ def _budget_s(context: Any) -> float:
 
 
 def _run_pass(event: dict[str, Any], context: Any, reason: str = "schedule") -> dict[str, int]:
+    knobs = orchestrator.Knobs(
+        concurrency=settings().orchestrator_concurrency, batch=settings().orchestrator_batch,
+        linger_s=settings().orchestrator_linger_s, poll_s=settings().orchestrator_poll_s)
     summary = asyncio.run(orchestrator.run_pass(
-        functions_url(event), _budget_s(context),
-        concurrency=int(os.environ.get("SUPAFLOW_ORCHESTRATOR_CONCURRENCY", "32")),
-        batch=int(os.environ.get("SUPAFLOW_ORCHESTRATOR_BATCH", "16")),
-        kicked=reason == KICK_REASON,
-    ))
+        functions_url(event), _budget_s(context), knobs, kicked=reason == KICK_REASON))
     logger.info("orchestrator pass", extra=summary.as_dict())
     return summary.as_dict()
 

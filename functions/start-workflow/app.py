@@ -10,8 +10,10 @@ from shared.log import logger
 def start_workflow(request: api.Request) -> api.Reply:
     user = auth.verify_user(request.headers)
     status, body = start.start_job(user, request.json_object())
+    kick = bool(body.pop("kick", False))  # no orchestrator pass is alive to find the job
     if status == 202:
-        logger.info("job started", extra={"job_id": body["job_id"], "user_id": user.id})
+        logger.info("job started", extra={"job_id": body["job_id"], "user_id": user.id, "kick": kick})
+    if kick:
         kick_orchestrator(KICK_REASON, request.raw_event)
     return api.Reply(status, body)
 

@@ -175,6 +175,14 @@ create table workflow.job_events (
   unique (job_id, seq)
 );
 
+-- Orchestrator passes that are alive: draining, or lingering to poll for new steps.
+-- While one is, a start needs no kick (start_job says so); a pass's row is its
+-- heartbeat, renewed as it claims, removed by end_pass.
+create table workflow.orchestrator_passes (
+  id uuid primary key,
+  alive_until timestamptz not null
+);
+
 -- Row level security ----------------------------------------------------------
 
 alter table workflow.workflows enable row level security;
@@ -183,6 +191,7 @@ alter table workflow.transformers enable row level security;
 alter table workflow.jobs enable row level security;
 alter table workflow.job_steps enable row level security;
 alter table workflow.job_events enable row level security;
+alter table workflow.orchestrator_passes enable row level security;
 
 create policy workflows_read_active on workflow.workflows
   for select to authenticated using (is_active);

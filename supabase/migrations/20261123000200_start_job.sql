@@ -34,6 +34,19 @@ as $$
   end
 $$;
 
+-- Does a new job need an orchestrator kick? Not while a pass is alive: it polls for
+-- new steps. The shared lock, held to commit, makes end_pass wait for this start, so
+-- a pass never ends between a start that saw it alive and that start's commit.
+create or replace function workflow.kick_needed() returns boolean
+language plpgsql
+set search_path = ''
+as $$
+begin
+  perform pg_advisory_xact_lock_shared(hashtextextended('supaflow: a pass ends', 0));
+  return not exists (select 1 from workflow.orchestrator_passes where alive_until > now());
+end
+$$;
+
 -- Appends one event to a job's log. Its sequence number comes from the log
 -- itself ((job_id, seq) is unique and indexed): the caller holds the job's row
 -- lock, so max(seq) + 1 has no gaps and no races, and the job's row is not
@@ -202,7 +215,8 @@ begin
   perform workflow.append_event(v_job.id, 'job_created', p_to_status => 'pending',
                                 p_detail => jsonb_build_object('workflow_version', v_version));
   return jsonb_build_object('job_id', v_job.id, 'status', v_job.status,
-                            'created_at', v_job.created_at, 'existing', false);
+                            'created_at', v_job.created_at, 'existing', false,
+                            'kick', workflow.kick_needed());
 end
 $$;
 

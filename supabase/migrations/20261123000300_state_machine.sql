@@ -85,11 +85,14 @@ end
 $$;
 
 -- Claim up to p_limit runnable steps: ready, due, and not leased. Jobs are
--- locked first (SKIP LOCKED), then their steps, so claims never wait.
+-- locked first (SKIP LOCKED), then their steps, so claims never wait. A pass that
+-- passes its id renews its heartbeat (alive for p_alive_s more seconds) in the same call.
 -- What the step reads (its input mapping, the job's input and step outputs, the
 -- transformer's config) comes as one JSON text per row, `payload`: the caller
 -- decodes each row on its own, so one row it cannot decode fails only its step.
-create or replace function workflow.claim_steps(p_limit integer default 10)
+create or replace function workflow.claim_steps(
+  p_limit integer default 10, p_pass_id uuid default null, p_alive_s float8 default 0
+)
 returns table (
   job_id uuid, step_id text, attempt integer, lease_token uuid, lease_expires_at timestamptz,
   timeout_s integer, transformer_id text, transformer_type text, target_function text,
@@ -102,6 +105,11 @@ declare
   v_ids bigint[];
   r record;
 begin
+  if p_pass_id is not null then
+    insert into workflow.orchestrator_passes (id, alive_until)
+    values (p_pass_id, now() + make_interval(secs => p_alive_s))
+    on conflict (id) do update set alive_until = excluded.alive_until;
+  end if;
   with candidates as (
     select s.id, s.job_id from workflow.job_steps s
     where s.status = 'ready' and s.next_attempt_at <= now()
@@ -502,6 +510,20 @@ begin
   perform workflow.cancel_unfinished_steps(p_job_id);
   perform workflow.transition_job(p_job_id, 'cancelled', jsonb_build_object('by', p_user_id));
   return jsonb_build_object('job_id', p_job_id, 'cancelled', true, 'status', 'cancelled');
+end
+$$;
+
+-- A pass stops: once the starts that saw it alive have committed (their shared
+-- lock, kick_needed), its heartbeat goes, and the caller claims one last time.
+-- Heartbeats of passes that died without ending are cleared on the way.
+create or replace function workflow.end_pass(p_pass_id uuid) returns void
+language plpgsql
+set search_path = ''
+as $$
+begin
+  perform pg_advisory_xact_lock(hashtextextended('supaflow: a pass ends', 0));
+  delete from workflow.orchestrator_passes
+  where id = p_pass_id or alive_until < now() - interval '1 minute';
 end
 $$;
 

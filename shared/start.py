@@ -90,24 +90,37 @@ def _start_job_rpc(user: User, req: StartRequest, version: int | None) -> dict[s
     return db.obj(db.as_service().rpc("start_job", params).execute().data)
 
 
-def _start(user: User, req: StartRequest) -> tuple[int, dict[str, Any]]:
+def _checked_version(req: StartRequest) -> int:
+    """The version a start would run, with the input validated against it. A refusal is
+    answered from the current state, not from a version this process remembers."""
     try:
         remembered = _latest_version.get(req.workflow_id)
         version = remembered or _current_version(req.workflow_id)
-        for _ in range(MAX_VERSION_RETRIES):
+        try:
+            validate_input(definition(req.workflow_id, version), req.input_data)
+        except InputError as exc:
+            if version != remembered:
+                raise ApiError(400, "invalid_input", str(exc)) from exc
+            version = _latest_version[req.workflow_id] = _current_version(req.workflow_id)
             try:
                 validate_input(definition(req.workflow_id, version), req.input_data)
-            except InputError as exc:
-                if version == remembered:  # a refusal is answered from the current state
-                    remembered = None
-                    version = _latest_version[req.workflow_id] = _current_version(req.workflow_id)
-                    continue
-                raise ApiError(400, "invalid_input", str(exc)) from exc
+            except InputError as again:
+                raise ApiError(400, "invalid_input", str(again)) from again
+    except APIError as exc:
+        raise db.api_error(exc) from exc
+    return version
+
+
+def _start(user: User, req: StartRequest) -> tuple[int, dict[str, Any]]:
+    version = _checked_version(req)
+    try:
+        for _ in range(MAX_VERSION_RETRIES):
             try:
                 result = _start_job_rpc(user, req, version)
             except APIError as exc:
                 if exc.code == "PT409" and exc.details == "workflow_changed" and exc.hint:
                     version = _latest_version[req.workflow_id] = int(exc.hint)
+                    validate_input(definition(req.workflow_id, version), req.input_data)
                     continue
                 if exc.code == "PT404":  # deactivated or gone
                     _latest_version.pop(req.workflow_id, None)
@@ -115,6 +128,8 @@ def _start(user: User, req: StartRequest) -> tuple[int, dict[str, Any]]:
             _latest_version[req.workflow_id] = version
             existing = bool(result.pop("existing", False))
             return (200 if existing else 202), result
+    except InputError as exc:
+        raise ApiError(400, "invalid_input", str(exc)) from exc
     except APIError as exc:
         raise db.api_error(exc) from exc
     raise ApiError(409, "workflow_changed", f"workflow {req.workflow_id!r} kept changing; retry")
@@ -153,3 +168,65 @@ def start_job(user: User, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         if replayed is None:
             raise
         return replayed
+
+
+# Starts one batch request may carry (POST /workflows/start with {"jobs": [...]}).
+MAX_BATCH_STARTS = 1000
+
+
+class BatchStartRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    jobs: list[StartRequest] = Field(min_length=1, max_length=MAX_BATCH_STARTS)
+
+
+def _refused(err: ApiError) -> dict[str, Any]:
+    return {"outcome": "refused",
+            "error": {"status": err.status, "code": err.code, "message": err.message}}
+
+
+def start_jobs(user: User, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Many starts in one SQL transaction (start_jobs), each validated like one start:
+    results in the order given, each `created`, `existing` or `refused`. Returns the
+    response body and whether to kick the orchestrator."""
+    try:
+        batch = BatchStartRequest.model_validate(body)
+    except ValidationError as exc:
+        raise bad_request(_first_problem(exc)) from exc
+    refusals: dict[int, ApiError] = {}
+    items: list[dict[str, Any]] = []
+    for index, req in enumerate(batch.jobs):
+        version: int | None
+        try:
+            db.filter_value(req.workflow_id, f"jobs.{index}.workflow_id")
+            version = _checked_version(req)
+        except ApiError as err:
+            if err.status >= 500:
+                raise
+            refusals[index] = err
+            if req.idempotency_key is None:
+                continue
+            version = None  # only a replay of an earlier start may still answer
+        items.append({"index": index, "workflow_id": req.workflow_id, "workflow_version": version,
+                      "input": req.input_data, "idempotency_key": req.idempotency_key})
+    params: dict[str, Any] = {"p_user_id": user.id, "p_jobs": items}
+    try:
+        rows = db.rows(db.as_service().rpc("start_jobs", params).execute().data) if items else []
+    except APIError as exc:
+        raise db.api_error(exc) from exc
+    by_index = {index: _refused(err) for index, err in refusals.items()}
+    kick = False
+    for row in rows:
+        index, result = int(row["index"]), db.obj(row["result"])
+        if "error" in result:
+            if index not in refusals:
+                error = result["error"]
+                by_index[index] = _refused(ApiError(int(error["status"]),
+                                                    str(error.get("code") or "refused"),
+                                                    str(error["message"])))
+            continue
+        wants_kick = bool(result.pop("kick", False))
+        kick = kick or wants_kick
+        outcome = "existing" if result.pop("existing", False) else "created"
+        by_index[index] = {"outcome": outcome, **result}
+    return {"results": [by_index[i] for i in range(len(batch.jobs))]}, kick

@@ -220,5 +220,40 @@ begin
 end
 $$;
 
+-- Many starts in one transaction (POST /workflows/start with {"jobs": [...]}): each
+-- through start_job, so each gets the same checks, idempotency and rate limit; a
+-- refusal (PT4xx) is that item's result, the others go on. Any other error ends the
+-- whole call. `index` is the caller's position of the item.
+create or replace function workflow.start_jobs(p_user_id uuid, p_jobs jsonb)
+returns table (index integer, result jsonb)
+language plpgsql
+set search_path = ''
+as $$
+declare
+  j record;
+  v_state text;
+  v_message text;
+  v_detail text;
+  v_hint text;
+begin
+  for j in select e from jsonb_array_elements(p_jobs) e loop
+    index := (j.e ->> 'index')::integer;
+    begin
+      result := workflow.start_job(p_user_id, j.e ->> 'workflow_id',
+                                   (j.e ->> 'workflow_version')::integer, j.e -> 'input',
+                                   j.e ->> 'idempotency_key');
+    exception when sqlstate 'PT400' or sqlstate 'PT401' or sqlstate 'PT404'
+                   or sqlstate 'PT409' or sqlstate 'PT429' then
+      get stacked diagnostics v_state = returned_sqlstate, v_message = message_text,
+                              v_detail = pg_exception_detail, v_hint = pg_exception_hint;
+      result := jsonb_build_object('error', jsonb_build_object(
+        'status', substr(v_state, 3)::integer, 'code', nullif(v_detail, ''),
+        'message', v_message, 'hint', nullif(v_hint, '')));
+    end;
+    return next;
+  end loop;
+end
+$$;
+
 revoke execute on all functions in schema workflow from public, anon, authenticated;
 grant execute on all functions in schema workflow to service_role;

@@ -25,7 +25,6 @@ from postgrest.exceptions import APIError
 from shared import db, dispatch, mapping, state, tls
 from shared.log import logger
 from shared.protocol import (
-    BATCH_MAX_TIMEOUT_S,
     MAX_BATCH,
     Outcome,
     StepOutcome,
@@ -85,8 +84,8 @@ class Pass:
 
     @classmethod
     def batches(cls, claimed: list[state.ClaimedStep]) -> tuple[list[Batch], list[StepOutcome]]:
-        """The claimed steps grouped into one request per executor (long steps alone); a
-        step that cannot be prepared is a permanent failure of its own, never the batch's."""
+        """The claimed steps grouped into one request per executor; a step that cannot be
+        prepared is a permanent failure of its own, never the batch's."""
         failures: list[StepOutcome] = []
         groups: dict[str, list[tuple[state.ClaimedStep, bytes]]] = {}
         for step in claimed:
@@ -107,12 +106,8 @@ class Pass:
                                             retryable=False))
                 continue
             groups.setdefault(step.target_function, []).append((step, body))
-        batches: list[Batch] = []
-        for target, items in groups.items():
-            short = [item for item in items if item[0].timeout_s <= BATCH_MAX_TIMEOUT_S]
-            batches += [Batch(target, short[i:i + MAX_BATCH]) for i in range(0, len(short), MAX_BATCH)]
-            batches += [Batch(target, [item]) for item in items if item[0].timeout_s > BATCH_MAX_TIMEOUT_S]
-        return batches, failures
+        return [Batch(target, items[i:i + MAX_BATCH]) for target, items in groups.items()
+                for i in range(0, len(items), MAX_BATCH)], failures
 
     @staticmethod
     def step_request(step: state.ClaimedStep) -> bytes:

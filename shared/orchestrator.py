@@ -37,7 +37,7 @@ MAX_RETRY_WAIT_S = 5.0
 # A pass's heartbeat says it is alive this long; it is renewed when half has passed.
 HEARTBEAT_S = 1.0
 # Polls back off from settings' orchestrator_poll_s to this while nothing comes.
-MAX_POLL_S = 0.1
+MAX_POLL_S = 0.01
 
 
 @dataclass
@@ -266,8 +266,8 @@ class Knobs:
 
     concurrency: int = 32  # steps in flight at once
     batch: int = 16  # steps per claim
-    linger_s: float = 2.0  # how long an idle pass keeps polling for new steps
-    poll_s: float = 0.01  # the first poll interval when idle (backs off to MAX_POLL_S)
+    linger_s: float = 0.5  # how long an idle pass keeps polling for new steps
+    poll_s: float = 0.005  # the first poll interval when idle (backs off to MAX_POLL_S)
 
 
 async def run_pass(base_url: str, budget_s: float, knobs: Knobs | None = None,

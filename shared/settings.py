@@ -39,8 +39,8 @@ class Settings:
     orchestrator_budget_s: float = 60.0
     orchestrator_concurrency: int = 32
     orchestrator_batch: int = 16
-    orchestrator_linger_s: float = 2.0
-    orchestrator_poll_s: float = 0.01
+    orchestrator_linger_s: float = 0.5
+    orchestrator_poll_s: float = 0.005
     rest_url_override: str = ""
 
     @property
@@ -69,7 +69,7 @@ def settings() -> Settings:
         orchestrator_budget_s=_float("SUPAFLOW_ORCHESTRATOR_BUDGET_S", 60.0),
         orchestrator_concurrency=_int("SUPAFLOW_ORCHESTRATOR_CONCURRENCY", 32),
         orchestrator_batch=_int("SUPAFLOW_ORCHESTRATOR_BATCH", 16),
-        orchestrator_linger_s=_float("SUPAFLOW_ORCHESTRATOR_LINGER_S", 2.0),
-        orchestrator_poll_s=_float("SUPAFLOW_ORCHESTRATOR_POLL_S", 0.01),
+        orchestrator_linger_s=_float("SUPAFLOW_ORCHESTRATOR_LINGER_S", 0.5),
+        orchestrator_poll_s=_float("SUPAFLOW_ORCHESTRATOR_POLL_S", 0.005),
         rest_url_override=env.get("SUPAFLOW_REST_URL", "").rstrip("/"),
     )

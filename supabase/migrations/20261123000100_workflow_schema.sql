@@ -3,12 +3,6 @@
 -- engine state goes through the service role's SQL functions.
 
 create schema if not exists workflow;
-grant usage on schema workflow to anon, authenticated, service_role;
--- Users write only through the HTTP functions (which call SQL as the service
--- role): no function in this schema is executable by anon or authenticated.
--- Postgres grants EXECUTE to PUBLIC on every new function (a per-schema default
--- cannot take that back), so every migration ends by revoking it again;
--- tests/test_trust_boundary.py sweeps the schema for any function left over.
 
 create or replace function workflow.touch_updated_at() returns trigger
 language plpgsql
@@ -111,6 +105,8 @@ create table workflow.jobs (
   last_updated_at timestamptz not null default now(),
   completed_at timestamptz,
   error_message text,
+  -- Seed 002's columns, derived: retries scheduled so far across the job's steps, and
+  -- the workflow-level max_retries the job started with (a step's own policy wins).
   retry_count integer not null default 0,
   max_retries integer not null default 3,
   next_retry_at timestamptz,
@@ -142,7 +138,6 @@ create table workflow.job_steps (
   next_attempt_at timestamptz,
   lease_token uuid,
   lease_expires_at timestamptz,
-  input jsonb,
   output jsonb,
   error text,
   created_at timestamptz not null default now(),
@@ -175,6 +170,16 @@ create table workflow.job_events (
   unique (job_id, seq)
 );
 
+-- Per-user limits on starts; a row with user_id null is the default for everyone.
+create table workflow.rate_limits (
+  user_id uuid unique references auth.users (id) on delete cascade,
+  max_starts integer not null check (max_starts >= 0),
+  window_seconds integer not null check (window_seconds > 0)
+);
+create unique index rate_limits_default_idx on workflow.rate_limits ((user_id is null))
+  where user_id is null;
+insert into workflow.rate_limits (user_id, max_starts, window_seconds) values (null, 600, 60);
+
 -- Orchestrator passes that are alive: draining, or lingering to poll for new steps.
 -- While one is, a start needs no kick (start_job says so); a pass's row is its
 -- heartbeat, renewed as it claims, removed by end_pass.
@@ -192,6 +197,7 @@ alter table workflow.jobs enable row level security;
 alter table workflow.job_steps enable row level security;
 alter table workflow.job_events enable row level security;
 alter table workflow.orchestrator_passes enable row level security;
+alter table workflow.rate_limits enable row level security;
 
 create policy workflows_read_active on workflow.workflows
   for select to authenticated using (is_active);
@@ -208,11 +214,3 @@ create policy job_events_read_own on workflow.job_events
   for select to authenticated using (
     exists (select 1 from workflow.jobs j where j.id = job_id and j.user_id = (select auth.uid()))
   );
-
--- Grants: users read; only the service role writes, through SQL functions.
-revoke all on all tables in schema workflow from anon, authenticated;
-grant select on workflow.workflows, workflow.jobs, workflow.job_steps, workflow.job_events
-  to authenticated;
-grant all on all tables in schema workflow to service_role;
-grant usage, select on all sequences in schema workflow to service_role;
-revoke execute on all functions in schema workflow from public;

@@ -2,18 +2,6 @@
 -- Called by the service role only (start-workflow, with the user it verified):
 -- users never call it themselves, so it checks everything that may not be trusted.
 
--- Per-user limits on starts; a row with user_id null is the default for everyone.
-create table workflow.rate_limits (
-  user_id uuid unique references auth.users (id) on delete cascade,
-  max_starts integer not null check (max_starts >= 0),
-  window_seconds integer not null check (window_seconds > 0)
-);
-create unique index rate_limits_default_idx on workflow.rate_limits ((user_id is null))
-  where user_id is null;
-alter table workflow.rate_limits enable row level security;
-grant all on workflow.rate_limits to service_role;
-insert into workflow.rate_limits (user_id, max_starts, window_seconds) values (null, 600, 60);
-
 -- Every JSON value the engine stores from outside (a job's input, a step's
 -- output) is bounded where it enters: at most 64 levels of nesting (a scalar is
 -- 0, `{"a": 1}` is 1) and at most 1 MiB of JSON text as Postgres prints it.
@@ -254,6 +242,3 @@ begin
   end loop;
 end
 $$;
-
-revoke execute on all functions in schema workflow from public, anon, authenticated;
-grant execute on all functions in schema workflow to service_role;

@@ -233,7 +233,7 @@ begin
         where u.job_id = p_job_id and u.step_id = any(d.depends_on) and u.status <> 'completed')
     returning d.step_id
   )
-  select coalesce(array_agg(step_id), '{}') into v_ready from ready;
+  select coalesce(array_agg(step_id order by step_id), '{}') into v_ready from ready;
   if cardinality(v_ready) > 0 then
     perform workflow.append_event(p_job_id, 'steps_ready',
                                   p_detail => jsonb_build_object('steps', to_jsonb(v_ready)));
@@ -539,9 +539,6 @@ as $$
         where status = 'ready') due
   where next_at is not null
 $$;
-
-revoke execute on all functions in schema workflow from public, anon, authenticated;
-grant execute on all functions in schema workflow to service_role;
 
 -- The built-in no-I/O transformer: reshapes data with the mapping language.
 insert into workflow.transformers (id, type, description, config, target_function)

@@ -29,7 +29,6 @@ as $$
                                      where name = 'supaflow_internal_token')),
     timeout_milliseconds := 2000)
 $$;
-revoke execute on function workflow.call_orchestrator() from public, anon, authenticated;
 
 select cron.schedule('supaflow-orchestrator', '* * * * *',
                      'select workflow.call_orchestrator()');

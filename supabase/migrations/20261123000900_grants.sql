@@ -1,0 +1,22 @@
+-- Every grant of the schema, in one place, applied after everything it names exists.
+--
+-- Users read their own rows directly (PostgREST, supabase-js, Realtime) under RLS;
+-- they write only through the HTTP functions, which call the SQL below as the
+-- service role with the user they verified. So no function of this schema is
+-- executable by anon or authenticated. Postgres grants EXECUTE to PUBLIC on every
+-- new function (a per-schema default cannot take that back): a migration that adds
+-- functions must end by running this file's function lines again;
+-- tests/test_trust_boundary.py sweeps the schema for any function left over.
+
+grant usage on schema workflow to anon, authenticated, service_role;
+
+revoke all on all tables in schema workflow from anon, authenticated;
+grant select on workflow.workflows, workflow.jobs, workflow.job_steps, workflow.job_events
+  to authenticated;
+grant all on all tables in schema workflow to service_role;
+grant usage, select on all sequences in schema workflow to service_role;
+
+revoke execute on all functions in schema workflow from public, anon, authenticated;
+grant execute on all functions in schema workflow to service_role;
+-- pg_cron runs call_orchestrator as the database owner; nobody else needs it.
+revoke execute on function workflow.call_orchestrator() from service_role;

@@ -22,15 +22,9 @@ import httpx
 from postgrest import AsyncPostgrestClient
 from postgrest.exceptions import APIError
 
-from shared import db, dispatch, mapping, state, tls
+from shared import db, dispatch, state, tls
 from shared.log import logger
-from shared.protocol import (
-    MAX_BATCH,
-    Outcome,
-    StepOutcome,
-    StepRequest,
-    TransformerRef,
-)
+from shared.protocol import MAX_BATCH, Outcome, StepOutcome
 
 # Waiting for a retry that is due soon beats leaving it to the next cron tick.
 MAX_RETRY_WAIT_S = 5.0
@@ -82,45 +76,20 @@ class Pass:
             self.summary.jobs_finished += status == "completed"
             logger.info(f"job {status}", extra={"job_id": job_id})
 
-    @classmethod
-    def batches(cls, claimed: list[state.ClaimedStep]) -> tuple[list[Batch], list[StepOutcome]]:
+    @staticmethod
+    def batches(claimed: list[state.ClaimedStep]) -> tuple[list[Batch], list[StepOutcome]]:
         """The claimed steps grouped into one request per executor; a step that cannot be
         prepared is a permanent failure of its own, never the batch's."""
         failures: list[StepOutcome] = []
         groups: dict[str, list[tuple[state.ClaimedStep, bytes]]] = {}
         for step in claimed:
-            if not step.transformer_type or not step.target_function:
-                failures.append(step.failed(f"unknown transformer {step.transformer_id!r}",
-                                            retryable=False))
-                continue
-            try:
-                body = cls.step_request(step)
-            except mapping.MappingError as exc:
-                failures.append(step.failed(f"inputs: {exc}", retryable=False))
-                continue
-            except RecursionError:
-                failures.append(step.failed("inputs: nested too deeply to send", retryable=False))
-                continue
-            except Exception as exc:  # noqa: BLE001 - whatever is wrong with this row is its own
-                failures.append(step.failed(f"cannot prepare the step: {type(exc).__name__}: {exc}",
-                                            retryable=False))
-                continue
-            groups.setdefault(step.target_function, []).append((step, body))
+            prepared = state.prepare(step)
+            if isinstance(prepared, StepOutcome):
+                failures.append(prepared)
+            else:
+                groups.setdefault(str(step.target_function), []).append((step, prepared[1]))
         return [Batch(target, items[i:i + MAX_BATCH]) for target, items in groups.items()
                 for i in range(0, len(items), MAX_BATCH)], failures
-
-    @staticmethod
-    def step_request(step: state.ClaimedStep) -> bytes:
-        """One step of an executor request, as JSON. Any failure here is this row's alone."""
-        payload = step.read()
-        inputs = mapping.resolve(payload.inputs,
-                                 state.mapping_context(payload.input_data, payload.step_data))
-        return StepRequest(
-            job_id=uuid.UUID(step.job_id), step_id=step.step_id, attempt=step.attempt,
-            lease_token=uuid.UUID(step.lease_token), timeout_s=step.timeout_s, inputs=inputs,
-            transformer=TransformerRef(id=step.transformer_id, type=str(step.transformer_type),
-                                       config=payload.transformer_config),
-        ).model_dump_json().encode()
 
     async def run_batch(self, batch: Batch) -> None:
         steps = batch.steps

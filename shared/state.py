@@ -9,13 +9,14 @@ job (see UndecodableRow).
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from postgrest import AsyncPostgrestClient, SyncPostgrestClient
 
 from shared import db, mapping
-from shared.protocol import Recorded, StepOutcome
+from shared.protocol import Recorded, StepOutcome, StepRequest, TransformerRef
 
 
 class UndecodableRow(ValueError):
@@ -82,6 +83,29 @@ class ClaimedStep:
         return {"job_id": self.job_id, "step_id": self.step_id, "attempt": self.attempt}
 
 
+def prepare(step: ClaimedStep) -> tuple[StepRequest, bytes] | StepOutcome:
+    """The executor request for a claimed step (the model, and its JSON); or, when it
+    cannot be built, that step's permanent failure: whatever is wrong with a row is its
+    own, never its batch's."""
+    if not step.transformer_type or not step.target_function:
+        return step.failed(f"unknown transformer {step.transformer_id!r}", retryable=False)
+    try:
+        payload = step.read()
+        inputs = mapping.resolve(payload.inputs, mapping_context(payload.input_data, payload.step_data))
+        request = StepRequest(
+            job_id=uuid.UUID(step.job_id), step_id=step.step_id, attempt=step.attempt,
+            lease_token=uuid.UUID(step.lease_token), timeout_s=step.timeout_s, inputs=inputs,
+            transformer=TransformerRef(id=step.transformer_id, type=step.transformer_type,
+                                       config=payload.transformer_config))
+        return request, request.model_dump_json().encode()
+    except mapping.MappingError as exc:
+        return step.failed(f"inputs: {exc}", retryable=False)
+    except RecursionError:
+        return step.failed("inputs: nested too deeply to send", retryable=False)
+    except Exception as exc:  # noqa: BLE001 - whatever is wrong with this row is its own
+        return step.failed(f"cannot prepare the step: {type(exc).__name__}: {exc}", retryable=False)
+
+
 def mapping_context(input_data: Any, step_data: dict[str, Any]) -> dict[str, Any]:
     """What `$.input...` and `$.steps.<id>.output...` expressions read."""
     return {"input": input_data, "steps": {k: {"output": v} for k, v in step_data.items()}}
@@ -122,6 +146,14 @@ def _finished(data: Any) -> dict[str, str]:
 def record_outcomes(client: SyncPostgrestClient, outcomes: list[StepOutcome]) -> list[Recorded]:
     params: dict[str, Any] = {"p_outcomes": [o.as_sql() for o in outcomes]}
     return _recorded(client.rpc("record_outcomes", params).execute().data)
+
+
+def claim_steps(client: SyncPostgrestClient, limit: int, job_ids: list[str],
+                target_function: str) -> list[ClaimedStep]:
+    """An executor's claim: the ready steps of `job_ids` that run on `target_function`."""
+    params: dict[str, Any] = {"p_limit": limit, "p_job_ids": job_ids,
+                              "p_target_function": target_function}
+    return [ClaimedStep.from_row(r) for r in db.rows(client.rpc("claim_steps", params).execute().data)]
 
 
 def finish_jobs(client: SyncPostgrestClient, jobs: list[dict[str, Any]]) -> dict[str, str]:

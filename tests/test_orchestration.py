@@ -459,6 +459,15 @@ class _HeldReceiver(BaseHTTPRequestHandler):
         pass
 
 
+def _until_no_pass_is_alive(stack: Stack) -> None:
+    """Passes of earlier tests linger a little: wait until none is alive, so that only
+    what the test runs can claim what it creates (cron must be paused: no_cron)."""
+    deadline = time.monotonic() + 15
+    while stack.sql("select count(*) from workflow.orchestrator_passes where alive_until > now()")[0][0]:
+        assert time.monotonic() < deadline, "other orchestrator passes did not end"
+        time.sleep(0.1)
+
+
 @contextmanager
 def _pass_waiting_on_a_slow_step(stack: Stack) -> Iterator[tuple[str, Future[PassSummary]]]:
     """A kicked pass, in a thread, that has dispatched a one-step job whose webhook answers
@@ -470,12 +479,7 @@ def _pass_waiting_on_a_slow_step(stack: Stack) -> Iterator[tuple[str, Future[Pas
     hook = add_transformer(stack, "webhook_call", "execute-webhook-call", {
         "url": f"http://127.0.0.1:{server.server_address[1]}/hook",
         "secret_env_var": "SUPAFLOW_WEBHOOK_SECRET"})
-    # Passes of earlier tests linger a little: wait until none is alive, so that this
-    # pass is the only one that can claim what the test creates.
-    deadline = time.monotonic() + 15
-    while stack.sql("select count(*) from workflow.orchestrator_passes where alive_until > now()")[0][0]:
-        assert time.monotonic() < deadline, "other orchestrator passes did not end"
-        time.sleep(0.1)
+    _until_no_pass_is_alive(stack)
     slow_job, _ = _pending_job(stack, step={"id": "hook", "transformer": hook, "inputs": {"body": {}}})
     with ThreadPoolExecutor(1) as pool:
         draining = pool.submit(lambda: asyncio.run(
@@ -605,3 +609,31 @@ def test_claimed_steps_go_one_request_per_executor() -> None:
     assert "nested too deeply" in next(f.error or "" for f in failures if f.step_id == "s7")
     body = json.loads(next(b for b in batches if len(b.steps) == 4).body())
     assert [s["inputs"] for s in body["steps"]] == [{"i": 1}] * 4
+
+
+def test_an_executor_runs_the_steps_its_steps_made_ready(stack: Stack, no_cron: None) -> None:
+    """A chain of transform steps handed to the transform executor one step at a time:
+    the executor claims each next step itself and answers for all three."""
+    from tests import faults
+
+    _until_no_pass_is_alive(stack)
+    user = stack.create_user()
+    wid = create_workflow(stack, {"steps": [
+        {"id": "s0", "transformer": "transform", "inputs": {"n": "$.input.n"}},
+        {"id": "s1", "transformer": "transform", "inputs": {"n": "$.steps.s0.output.n"}},
+        {"id": "s2", "transformer": "transform", "inputs": {"n": "$.steps.s1.output.n"}}]})
+    with stack.db() as conn, conn.transaction():
+        row = conn.execute("select workflow.start_job(%s, %s, 1, '{\"n\": 7}')", (user.id, wid)).fetchone()
+        assert row is not None
+        job_id = str(row[0]["job_id"])
+        conn.execute("update workflow.job_steps set next_attempt_at = now() + interval '1 hour'"
+                     " where job_id = %s", (job_id,))
+    lease = _claim_own(stack, job_id)["lease_token"]
+    route, payload = faults.step_payload(stack, job_id, "s0", lease, 1)
+    response = httpx.post(f"{stack.api_url}{route}", json={"steps": [payload]},
+                          headers=stack.internal_headers(), timeout=60)
+    assert response.status_code == 200, response.text
+    assert [(r["step_id"], r["outcome"]) for r in response.json()["results"]] == [
+        ("s0", "completed"), ("s1", "completed"), ("s2", "completed")]
+    assert stack.sql("select status, final_result from workflow.jobs where id = %s", (job_id,)) == [
+        ("completed", {"n": 7})]

@@ -87,11 +87,14 @@ $$;
 -- Claim up to p_limit runnable steps: ready, due, and not leased. Jobs are
 -- locked first (SKIP LOCKED), then their steps, so claims never wait. A pass that
 -- passes its id renews its heartbeat (alive for p_alive_s more seconds) in the same call.
+-- An executor that just completed steps claims what they made ready for itself:
+-- p_job_ids and p_target_function narrow the claim to those jobs and that executor.
 -- What the step reads (its input mapping, the job's input and step outputs, the
 -- transformer's config) comes as one JSON text per row, `payload`: the caller
 -- decodes each row on its own, so one row it cannot decode fails only its step.
 create or replace function workflow.claim_steps(
-  p_limit integer default 10, p_pass_id uuid default null, p_alive_s float8 default 0
+  p_limit integer default 10, p_pass_id uuid default null, p_alive_s float8 default 0,
+  p_job_ids uuid[] default null, p_target_function text default null
 )
 returns table (
   job_id uuid, step_id text, attempt integer, lease_token uuid, lease_expires_at timestamptz,
@@ -113,6 +116,10 @@ begin
   with candidates as (
     select s.id, s.job_id from workflow.job_steps s
     where s.status = 'ready' and s.next_attempt_at <= now()
+      and (p_job_ids is null or s.job_id = any(p_job_ids))
+      and (p_target_function is null or exists (
+        select 1 from workflow.transformers t
+        where t.id = s.transformer_id and t.target_function = p_target_function))
     order by s.next_attempt_at, s.id
     limit greatest(p_limit, 1) * 2
   ), locked_jobs as (

@@ -350,9 +350,15 @@ def test_idempotency_keys_are_per_workflow_and_input(stack: Stack, api: Api) -> 
     assert conflict.status_code == 409, conflict.text
     assert conflict.json()["error"]["code"] == "idempotency_conflict"
     assert first.json()["job_id"] in conflict.json()["error"]["message"]
+    # A key with a control character in the conflict's message: PostgREST sends PTxxx
+    # messages as the HTTP reason phrase, where a raw CR broke the answer (503).
+    first_cr = api.start(user.token, {"workflow_id": wid, "input_data": {"x": 1}, "idempotency_key": "a\rb"})
+    assert first_cr.status_code == 202
+    cr = api.start(user.token, {"workflow_id": wid, "input_data": {"x": 2}, "idempotency_key": "a\rb"})
+    assert cr.status_code == 409 and cr.json()["error"]["code"] == "idempotency_conflict", cr.text
     elsewhere = go(other, {"a": 3})
     assert elsewhere.status_code == 202 and elsewhere.json()["job_id"] != first.json()["job_id"]
-    assert writes_of(stack, user)[0] == 2
+    assert writes_of(stack, user)[0] == 3
 
 
 def test_a_start_after_a_publish_runs_the_new_version(stack: Stack, api: Api) -> None:

@@ -1,6 +1,8 @@
 -- Starting a job: one transaction creates the job, its steps and its first event.
 -- Called by the service role only (start-workflow, with the user it verified):
 -- users never call it themselves, so it checks everything that may not be trusted.
+-- User text in an error message is quoted as JSON (to_jsonb): PostgREST sends a PTxxx
+-- message as the HTTP reason phrase, where a raw control character breaks the response.
 
 -- Every JSON value the engine stores from outside (a job's input, a step's
 -- output) is bounded where it enters: at most 64 levels of nesting (a scalar is
@@ -162,7 +164,7 @@ begin
     if found then
       if v_job.input_data is distinct from p_input then
         raise sqlstate 'PT409' using detail = 'idempotency_conflict', message = format(
-          'idempotency_key %L was used for job %s with a different input', p_idempotency_key,
+          'idempotency_key %s was used for job %s with a different input', to_jsonb(p_idempotency_key),
           v_job.id);
       end if;
       return jsonb_build_object('job_id', v_job.id, 'status', v_job.status,
@@ -176,11 +178,11 @@ begin
   join workflow.workflow_versions v on v.workflow_id = w.id and v.version = w.version
   where w.id = p_workflow_id and w.is_active;
   if v_version is null then
-    raise sqlstate 'PT404' using message = format('workflow %L not found', p_workflow_id);
+    raise sqlstate 'PT404' using message = format('workflow %s not found', to_jsonb(p_workflow_id));
   end if;
   if p_workflow_version is distinct from v_version then
     raise sqlstate 'PT409' using detail = 'workflow_changed', hint = v_version::text,
-      message = format('workflow %L is at version %s, not %s', p_workflow_id, v_version,
+      message = format('workflow %s is at version %s, not %s', to_jsonb(p_workflow_id), v_version,
                        p_workflow_version);
   end if;
 

@@ -15,7 +15,7 @@ select throws_ok(format($$select workflow.start_job(%L, 'tap-start', 1,
 select throws_ok($$select workflow.start_job('00000000-0000-4000-8000-0000000000ff', 'tap-start', 1, '{}')$$,
                  'PT401', 'the token''s user does not exist', 'for a user who exists');
 select throws_ok(format($$select workflow.start_job(%L, 'tap-start', 2, '{}')$$, :'uid'),
-                 'PT409', 'workflow ''tap-start'' is at version 1, not 2', 'at the current version');
+                 'PT409', 'workflow "tap-start" is at version 1, not 2', 'at the current version');
 
 select workflow.start_job(:'uid', 'tap-start', 1, '{"a": 1, "b": 2}', 'key-1') ->> 'job_id' as job \gset
 select is(workflow.start_job(:'uid', 'tap-start', 1, '{"b": 2, "a": 1}', 'key-1') ->> 'job_id', :'job',

@@ -193,9 +193,10 @@ def whole_idle_pass(stack: BenchStack, budget_s: float, reps: int) -> dict[str, 
     calls: dict[str, int] = {"claim": 0, "next_due_in": 0}
     real_claim, real_next_due = state.claim_steps_async, state.next_due_in_async
 
-    async def counting_claim(client: Any, limit: int) -> list[state.ClaimedStep]:
+    async def counting_claim(client: Any, limit: int, pass_id: str | None = None,
+                             alive_s: float = 0) -> list[state.ClaimedStep]:
         calls["claim"] += 1
-        return await real_claim(client, limit)
+        return await real_claim(client, limit, pass_id, alive_s)
 
     async def counting_next_due(client: Any) -> float | None:
         calls["next_due_in"] += 1

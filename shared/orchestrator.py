@@ -80,14 +80,10 @@ class Pass:
     def batches(claimed: list[state.ClaimedStep]) -> tuple[list[Batch], list[StepOutcome]]:
         """The claimed steps grouped into one request per executor; a step that cannot be
         prepared is a permanent failure of its own, never the batch's."""
-        failures: list[StepOutcome] = []
+        ready, failures = state.prepare_all(claimed)
         groups: dict[str, list[tuple[state.ClaimedStep, bytes]]] = {}
-        for step in claimed:
-            prepared = state.prepare(step)
-            if isinstance(prepared, StepOutcome):
-                failures.append(prepared)
-            else:
-                groups.setdefault(str(step.target_function), []).append((step, prepared[1]))
+        for p in ready:
+            groups.setdefault(str(p.step.target_function), []).append((p.step, p.body))
         return [Batch(target, items[i:i + MAX_BATCH]) for target, items in groups.items()
                 for i in range(0, len(items), MAX_BATCH)], failures
 

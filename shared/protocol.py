@@ -44,9 +44,6 @@ class StepRequest(BaseModel):
     transformer: TransformerRef
     inputs: Any = None
 
-    def log_keys(self) -> dict[str, Any]:
-        return {"job_id": str(self.job_id), "step_id": self.step_id, "attempt": self.attempt}
-
 
 class BatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -50,7 +50,8 @@ def _current_version(workflow_id: str) -> int:
     _latest_version.pop(workflow_id, None)
     rows = db.rows(
         db.as_service().table("workflows").select("version")
-        .eq("id", workflow_id).eq("is_active", True).limit(1).execute().data
+        .eq("id", db.filter_value(workflow_id, "workflow_id")).eq("is_active", True)
+        .limit(1).execute().data
     )
     if not rows:
         raise not_found(f"workflow {workflow_id!r} not found")
@@ -94,21 +95,21 @@ def _checked_version(req: StartRequest) -> int:
     """The version a start would run, with the input validated against it. A refusal is
     answered from the current state, not from a version this process remembers."""
     try:
-        remembered = _latest_version.get(req.workflow_id)
-        version = remembered or _current_version(req.workflow_id)
-        try:
-            validate_input(definition(req.workflow_id, version), req.input_data)
-        except InputError as exc:
-            if version != remembered:
-                raise ApiError(400, "invalid_input", str(exc)) from exc
-            version = _latest_version[req.workflow_id] = _current_version(req.workflow_id)
+        version = _latest_version.get(req.workflow_id)
+        current = version is None
+        if version is None:
+            version = _current_version(req.workflow_id)
+        while True:
             try:
                 validate_input(definition(req.workflow_id, version), req.input_data)
-            except InputError as again:
-                raise ApiError(400, "invalid_input", str(again)) from again
+                return version
+            except InputError as exc:
+                if current:
+                    raise ApiError(400, "invalid_input", str(exc)) from exc
+                version = _latest_version[req.workflow_id] = _current_version(req.workflow_id)
+                current = True
     except APIError as exc:
         raise db.api_error(exc) from exc
-    return version
 
 
 def _start(user: User, req: StartRequest) -> tuple[int, dict[str, Any]]:
@@ -158,7 +159,6 @@ def start_job(user: User, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         req = StartRequest.model_validate(body)
     except ValidationError as exc:
         raise bad_request(_first_problem(exc)) from exc
-    db.filter_value(req.workflow_id, "workflow_id")
     try:
         return _start(user, req)
     except ApiError as err:
@@ -198,7 +198,6 @@ def start_jobs(user: User, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     for index, req in enumerate(batch.jobs):
         version: int | None
         try:
-            db.filter_value(req.workflow_id, f"jobs.{index}.workflow_id")
             version = _checked_version(req)
         except ApiError as err:
             if err.status >= 500:

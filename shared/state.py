@@ -106,6 +106,28 @@ def prepare(step: ClaimedStep) -> tuple[StepRequest, bytes] | StepOutcome:
         return step.failed(f"cannot prepare the step: {type(exc).__name__}: {exc}", retryable=False)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A claimed step ready to send: its request, and that request as JSON."""
+
+    step: ClaimedStep
+    request: StepRequest
+    body: bytes
+
+
+def prepare_all(claimed: list[ClaimedStep]) -> tuple[list[Prepared], list[StepOutcome]]:
+    """The claimed steps that could be prepared, and the failures of those that could not."""
+    ready: list[Prepared] = []
+    failures: list[StepOutcome] = []
+    for step in claimed:
+        prepared = prepare(step)
+        if isinstance(prepared, StepOutcome):
+            failures.append(prepared)
+        else:
+            ready.append(Prepared(step, *prepared))
+    return ready, failures
+
+
 def mapping_context(input_data: Any, step_data: dict[str, Any]) -> dict[str, Any]:
     """What `$.input...` and `$.steps.<id>.output...` expressions read."""
     return {"input": input_data, "steps": {k: {"output": v} for k, v in step_data.items()}}

@@ -135,17 +135,10 @@ def claim_next(client: SyncPostgrestClient, recorded: list[Recorded],
         logger.warning("claiming the next steps failed; the orchestrator will",
                        extra={"error": str(exc)})
         return []
-    requests: list[StepRequest] = []
-    failures: list[StepOutcome] = []
-    for step in claimed:
-        prepared = state.prepare(step)
-        if isinstance(prepared, StepOutcome):
-            failures.append(prepared)
-        else:
-            requests.append(prepared[0])
+    ready, failures = state.prepare_all(claimed)
     if failures:
         record_and_finish(client, failures)
-    return requests
+    return [p.request for p in ready]
 
 
 def run_batch(execute: Execute, steps: list[StepRequest], target_function: str) -> list[Recorded]:

@@ -29,6 +29,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from shared.definitions import normalise
 from stack import supervisor
 from stack.config import REPO, StackConfig
 from stack.secrets import load
@@ -263,7 +264,7 @@ def ensure_chain_workflow(stack: BenchStack, n_steps: int) -> str:
     stack.sql(
         "insert into workflow.workflows (id, description, definition) values (%s, %s, %s)"
         " on conflict (id) do update set definition = excluded.definition, is_active = true",
-        (wid, f"benchmark: {n_steps} no-op transform step(s)", Jsonb(chain_definition(n_steps))),
+        (wid, f"benchmark: {n_steps} no-op transform step(s)", Jsonb(normalise(chain_definition(n_steps)))),
     )
     return wid
 

@@ -18,11 +18,16 @@ A definition, as JSON:
 
 - `depends_on` omitted means "the step listed before me", so a plain list of
   steps runs in order; `depends_on: []` makes a root (it runs at once), and an
-  explicit list makes any DAG. Validation fills the default in, so a validated
-  definition always has a list.
+  explicit list makes any DAG.
+- `retry` on a step, else on the workflow, else the default policy (whole
+  policies, not merged field by field); `timeout_s` defaults to 300.
 - `output` is a mapping (see `shared.mapping`) that builds the job's
   `final_result`; when it is absent, `final_result` is the output of the last
-  listed step (`WorkflowDefinition.result_mapping` spells that rule out once).
+  listed step.
+
+Every one of these defaults is applied here and nowhere else: `normalise` writes
+them all out, definitions are stored normalised (the database refuses any other
+form, see `workflow.definition_problem`), and SQL reads them as they are.
 """
 
 from __future__ import annotations
@@ -67,10 +72,12 @@ class RetryPolicy(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
+    # The database checks the same bounds (workflow.definition_problem);
+    # tests/test_definitions.py holds the two together.
     max_retries: int = Field(default=3, ge=0, le=20)
-    initial_delay_s: float = Field(default=1.0, gt=0)
-    max_delay_s: float = Field(default=300.0, gt=0)
-    multiplier: float = Field(default=2.0, ge=1)
+    initial_delay_s: float = Field(default=1.0, ge=0.001, le=86400)
+    max_delay_s: float = Field(default=300.0, ge=0.001, le=86400)
+    multiplier: float = Field(default=2.0, ge=1, le=10)
     jitter: float = Field(default=0.2, ge=0, le=1)
 
     @model_validator(mode="after")
@@ -81,8 +88,8 @@ class RetryPolicy(BaseModel):
 
 
 class Step(BaseModel):
-    """One node of the DAG. `depends_on` is None only before the workflow that
-    holds the step has been validated (see WorkflowDefinition.deps)."""
+    """One node of the DAG. `depends_on` is None only until the workflow that holds
+    the step fills its default in (a validated definition always has a list)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -145,29 +152,6 @@ class WorkflowDefinition(BaseModel):
             raise DefinitionError(problems)
         return self
 
-    def result_mapping(self) -> Any:
-        """The mapping that builds `final_result`: `output`, else the whole output
-        of the last listed step."""
-        if self.output is not None:
-            return self.output
-        return f"$.steps.{self.steps[-1].id}.output"
-
-    def step(self, step_id: str) -> Step:
-        """The step with this id (KeyError if there is none)."""
-        for step in self.steps:
-            if step.id == step_id:
-                return step
-        raise KeyError(step_id)
-
-    def deps(self, step: Step | str) -> list[str]:
-        """The ids `step` waits for; never None, whatever the raw definition said."""
-        if isinstance(step, str):
-            step = self.step(step)
-        if step.depends_on is not None:
-            return step.depends_on
-        index = next(i for i, s in enumerate(self.steps) if s.id == step.id)
-        return [self.steps[index - 1].id] if index else []
-
 
 def parse_definition(raw: Any) -> WorkflowDefinition:
     """Validate a raw (JSON-decoded) definition; DefinitionError lists every problem."""
@@ -228,25 +212,28 @@ def validate_input(defn: WorkflowDefinition, input_data: Any) -> None:
     raise InputError(field, f"{field}: {_truncate(reason, 300)}")
 
 
-def effective_retry(defn: WorkflowDefinition, step: Step | str) -> RetryPolicy:
-    """The step's policy, else the workflow's, else the default (whole policies,
-    not merged field by field, so what a step says is exactly what it gets)."""
-    if isinstance(step, str):
-        step = defn.step(step)
-    if step.retry is not None:
-        return step.retry
-    if defn.retry is not None:
-        return defn.retry
-    return RetryPolicy()
-
-
-def topological_order(defn: WorkflowDefinition) -> list[str]:
-    """Step ids so that every step comes after its dependencies; ties keep the
-    order the steps are listed in, so the order is stable."""
-    order, cycle = _toposort({step.id: defn.deps(step) for step in defn.steps})
-    if cycle:
-        raise DefinitionError([f"steps: dependency cycle {' -> '.join(cycle)}"])
-    return order
+def normalise(raw: Any) -> dict[str, Any]:
+    """The stored form of a definition: validated (DefinitionError otherwise), with
+    every default written out (each step's dependencies, retry policy and timeout;
+    the output mapping), so the database applies none. Normalising a normalised
+    definition changes nothing."""
+    defn = raw if isinstance(raw, WorkflowDefinition) else parse_definition(raw)
+    default_retry = defn.retry or RetryPolicy()
+    return {
+        "input_schema": defn.input_schema,
+        "steps": [
+            {
+                "id": step.id,
+                "transformer": step.transformer,
+                "depends_on": list(step.depends_on or []),
+                "inputs": step.inputs,
+                "retry": (step.retry or default_retry).model_dump(),
+                "timeout_s": step.timeout_s,
+            }
+            for step in defn.steps
+        ],
+        "output": defn.output if defn.output is not None else f"$.steps.{defn.steps[-1].id}.output",
+    }
 
 
 def _graph_problems(defn: WorkflowDefinition) -> list[str]:
@@ -258,10 +245,10 @@ def _graph_problems(defn: WorkflowDefinition) -> list[str]:
         if step_id in seen:
             problems.append(f"steps.{i}.id: duplicate step id {step_id!r}")
         seen.add(step_id)
-    deps = {step.id: defn.deps(step) for step in defn.steps}
+    deps = {step.id: step.depends_on or [] for step in defn.steps}
     for i, step in enumerate(defn.steps):
         listed: set[str] = set()
-        for dep in defn.deps(step):
+        for dep in step.depends_on or []:
             where = f"steps.{i}.depends_on"
             if dep == step.id:
                 problems.append(f"{where}: step {step.id!r} depends on itself")

@@ -135,14 +135,11 @@ def mapping_context(input_data: Any, step_data: dict[str, Any]) -> dict[str, Any
 
 def finishing(job_id: str, payload: str) -> dict[str, Any]:
     """finish_jobs' entry for a job whose steps are all complete: its final_result (the
-    workflow's output mapping, else the last listed step's output), or the error that
-    fails it when that cannot be built from its stored data."""
+    workflow's output mapping, written out when the definition was stored), or the
+    error that fails it when that cannot be built from its stored data."""
     try:
         data = decode_payload(payload)
-        output = data.get("output_mapping")
-        if output is None:
-            output = f"$.steps.{data.get('last_step_id')}.output"
-        result = mapping.resolve(output, mapping_context(data.get("input_data"),
+        result = mapping.resolve(data.get("output_mapping"), mapping_context(data.get("input_data"),
                                                          data.get("step_data") or {}))
         json.dumps(result, allow_nan=False)  # what finish_jobs is sent must encode
     except mapping.MappingError as exc:

@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from shared.definitions import check_transformers, parse_definition
+from shared.definitions import check_transformers, normalise, parse_definition
 from stack.config import REPO
 
 EXAMPLES = REPO / "examples"
@@ -41,7 +41,7 @@ def load_examples(conn: psycopg.Connection[tuple[Any, ...]], root: Path = EXAMPL
             "insert into workflow.workflows (id, description, definition) values (%s, %s, %s)"
             " on conflict (id) do update set description = excluded.description,"
             " definition = excluded.definition",
-            (workflow["id"], workflow.get("description"), Jsonb(workflow["definition"])),
+            (workflow["id"], workflow.get("description"), Jsonb(normalise(definition))),
         )
         loaded.append(workflow["id"])
     return loaded

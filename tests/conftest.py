@@ -19,6 +19,7 @@ import jwt
 import psycopg
 import pytest
 
+from shared.definitions import normalise
 from shared.settings import settings
 from stack import supervisor
 from stack.config import REPO, StackConfig
@@ -125,7 +126,7 @@ def create_workflow(
     wid = f"{prefix}-{uuid.uuid4().hex[:10]}"
     stack.sql(
         "insert into workflow.workflows (id, definition, is_active) values (%s, %s, %s)",
-        (wid, psycopg.types.json.Jsonb(definition), active),
+        (wid, psycopg.types.json.Jsonb(normalise(definition)), active),
     )
     return wid
 

@@ -40,6 +40,7 @@ import httpx
 import psycopg
 from psycopg.types.json import Jsonb
 
+from shared.definitions import normalise
 from stack import postgres
 from stack.config import REPO, StackConfig
 from tests.conftest import Stack, User
@@ -361,7 +362,7 @@ def chain(length: int) -> dict[str, Any]:
 
 def create_workflow(stack: Stack, definition: dict[str, Any], prefix: str = "faults") -> str:
     wid = f"{prefix}-{uuid.uuid4().hex[:10]}"
-    stack.sql("insert into workflow.workflows (id, definition) values (%s, %s)", (wid, Jsonb(definition)))
+    stack.sql("insert into workflow.workflows (id, definition) values (%s, %s)", (wid, Jsonb(normalise(definition))))
     return wid
 
 

@@ -26,6 +26,89 @@ $$;
 
 -- Definitions -----------------------------------------------------------------
 
+-- True when p_value is a JSON number in [p_lo, p_hi] (and whole, if p_integer).
+create or replace function workflow.number_within(
+  p_value jsonb, p_lo numeric, p_hi numeric, p_integer boolean default false
+) returns boolean
+language sql
+immutable
+set search_path = ''
+as $$
+  select coalesce(jsonb_typeof(p_value) = 'number'
+    and p_value::text::numeric between p_lo and p_hi
+    and (not p_integer or p_value::text::numeric = trunc(p_value::text::numeric)), false)
+$$;
+
+-- What the engine's SQL relies on in a stored definition, or null when all is there:
+-- the normalised form shared.definitions.normalise writes (every default explicit,
+-- numbers within its model's bounds, dependencies on listed steps). Python owns the
+-- defaults and the full validation (cycles, mappings, transformers); this cheap check
+-- keeps a definition written around it from failing claims or retries of other jobs.
+create or replace function workflow.definition_problem(p_definition jsonb) returns text
+language plpgsql
+immutable
+set search_path = ''
+as $$
+declare
+  v_step jsonb;
+  v_retry jsonb;
+  v_at text;
+  v_ids text[];
+begin
+  if jsonb_typeof(p_definition -> 'steps') is distinct from 'array'
+     or jsonb_array_length(p_definition -> 'steps') = 0 then
+    return 'steps: must be a non-empty list';
+  end if;
+  if not p_definition ? 'output' then
+    return 'output: missing';
+  end if;
+  select array_agg(e ->> 'id') into v_ids from jsonb_array_elements(p_definition -> 'steps') e;
+  for v_step, v_at in
+    select e, 'steps.' || (n - 1) || '.'
+    from jsonb_array_elements(p_definition -> 'steps') with ordinality as x(e, n)
+  loop
+    v_retry := v_step -> 'retry';
+    if jsonb_typeof(v_step -> 'id') is distinct from 'string'
+       or jsonb_typeof(v_step -> 'transformer') is distinct from 'string' then
+      return v_at || 'id, transformer: must be strings';
+    elsif jsonb_typeof(v_step -> 'inputs') is distinct from 'object' then
+      return v_at || 'inputs: must be an object';
+    elsif jsonb_typeof(v_step -> 'depends_on') is distinct from 'array' or exists (
+        select 1 from jsonb_array_elements(v_step -> 'depends_on') d
+        where jsonb_typeof(d) <> 'string' or not (d #>> '{}') = any(v_ids)) then
+      return v_at || 'depends_on: must list ids of the workflow''s steps';
+    elsif not workflow.number_within(v_step -> 'timeout_s', 1, 900, true) then
+      return v_at || 'timeout_s: must be a whole number of seconds, 1 to 900';
+    elsif jsonb_typeof(v_retry) is distinct from 'object'
+       or not workflow.number_within(v_retry -> 'max_retries', 0, 20, true)
+       or not workflow.number_within(v_retry -> 'initial_delay_s', 0.001, 86400)
+       or not workflow.number_within(v_retry -> 'max_delay_s', 0.001, 86400)
+       or not workflow.number_within(v_retry -> 'multiplier', 1, 10)
+       or not workflow.number_within(v_retry -> 'jitter', 0, 1) then
+      return v_at || 'retry: must be a whole policy (max_retries 0-20, initial_delay_s and'
+        || ' max_delay_s 0.001-86400, multiplier 1-10, jitter 0-1)';
+    end if;
+  end loop;
+  return null;
+end
+$$;
+
+create or replace function workflow.check_definition() returns trigger
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_problem text := workflow.definition_problem(new.definition);
+begin
+  if v_problem is not null then
+    raise sqlstate 'PT400' using detail = 'invalid_definition', message = format(
+      'workflow %s: definition is not in normalised form: %s (store definitions through'
+      ' supaflow, which validates them and writes every default out)', to_jsonb(new.id), v_problem);
+  end if;
+  return new;
+end
+$$;
+
 create table workflow.workflows (
   id text primary key,
   description text,
@@ -36,6 +119,8 @@ create table workflow.workflows (
   updated_at timestamptz not null default now()
 );
 
+create trigger workflows_check_definition before insert or update of definition
+  on workflow.workflows for each row execute function workflow.check_definition();
 create trigger workflows_touch before update on workflow.workflows
   for each row execute function workflow.touch_updated_at();
 
@@ -106,7 +191,7 @@ create table workflow.jobs (
   completed_at timestamptz,
   error_message text,
   -- Seed 002's columns, derived: retries scheduled so far across the job's steps, and
-  -- the workflow-level max_retries the job started with (a step's own policy wins).
+  -- the most retries any of its steps allows (each step keeps its own policy).
   retry_count integer not null default 0,
   max_retries integer not null default 3,
   next_retry_at timestamptz,

@@ -93,8 +93,7 @@ begin
 end
 $$;
 
--- Step rows of a definition. A step without depends_on follows the step listed
--- before it; the first step, or depends_on: [], starts at once.
+-- Step rows of a normalised definition (every default is already written out).
 create or replace function workflow.definition_steps(p_definition jsonb)
 returns table (step_id text, transformer_id text, depends_on text[], definition jsonb,
                max_attempts integer)
@@ -102,28 +101,10 @@ language sql
 immutable
 set search_path = ''
 as $$
-  with s as (
-    select step, ord, lag(step ->> 'id') over (order by ord) as previous
-    from jsonb_array_elements(p_definition -> 'steps') with ordinality as e(step, ord)
-  )
-  select
-    step ->> 'id',
-    step ->> 'transformer',
-    case
-      when step ? 'depends_on' and jsonb_typeof(step -> 'depends_on') = 'array'
-        then array(select jsonb_array_elements_text(step -> 'depends_on'))
-      when previous is null then '{}'::text[]
-      else array[previous]
-    end,
-    step || jsonb_build_object(
-      'retry', coalesce(step -> 'retry', p_definition -> 'retry', '{}'::jsonb)
-    ),
-    1 + coalesce(
-      (step -> 'retry' ->> 'max_retries')::integer,
-      (p_definition -> 'retry' ->> 'max_retries')::integer,
-      3
-    )
-  from s
+  select step ->> 'id', step ->> 'transformer',
+         array(select jsonb_array_elements_text(step -> 'depends_on')),
+         step, 1 + (step -> 'retry' ->> 'max_retries')::integer
+  from jsonb_array_elements(p_definition -> 'steps') as e(step)
 $$;
 
 create or replace function workflow.start_job(
@@ -191,7 +172,7 @@ begin
   insert into workflow.jobs (user_id, workflow_id, workflow_version, input_data,
                              idempotency_key, max_retries, state_history)
   values (p_user_id, p_workflow_id, v_version, p_input, p_idempotency_key,
-          coalesce((v_definition -> 'retry' ->> 'max_retries')::integer, 3),
+          (select max(d.max_attempts) - 1 from workflow.definition_steps(v_definition) d),
           jsonb_build_array(jsonb_build_object('status', 'pending', 'at', now())))
   returning * into v_job;
 

@@ -2,21 +2,6 @@
 -- service role. Lock order everywhere: the job row first, then its step rows,
 -- so concurrent orchestrators and executors never deadlock.
 
--- A number from a step's stored definition, clamped to [p_lo, p_hi]; a missing or
--- malformed one (a definition written around the API) reads as p_default, so one
--- bad row never fails a claim or a lease recovery for every other job.
-create or replace function workflow.definition_number(
-  p_value jsonb, p_default float8, p_lo float8, p_hi float8
-) returns float8
-language sql
-immutable
-set search_path = ''
-as $$
-  select case when jsonb_typeof(p_value) = 'number'
-    then least(greatest(p_value::text::numeric, p_lo::numeric), p_hi::numeric)::float8
-    else p_default end
-$$;
-
 -- Moves a job to a new status (caller holds the job's row lock) and records it.
 -- p_current_step, when given, becomes current_step_id in the same write, also when
 -- the status stays as it is. A completed job has no current step.
@@ -148,7 +133,7 @@ begin
       attempt = s.attempt + 1,
       lease_token = gen_random_uuid(),
       lease_expires_at = now() + make_interval(
-        secs => workflow.definition_number(s.definition -> 'timeout_s', 300, 1, 900)::integer + 15),
+        secs => (s.definition ->> 'timeout_s')::numeric::integer + 15),
       started_at = now(),
       completed_at = null
     where s.id = any(v_ids)
@@ -162,10 +147,10 @@ begin
 
   return query
     select s.job_id, s.step_id, s.attempt, s.lease_token, s.lease_expires_at,
-           workflow.definition_number(s.definition -> 'timeout_s', 300, 1, 900)::integer,
+           (s.definition ->> 'timeout_s')::numeric::integer,
            s.transformer_id, t.type, t.target_function,
            jsonb_build_object(
-             'inputs', coalesce(s.definition -> 'inputs', '{}'::jsonb),
+             'inputs', s.definition -> 'inputs',
              'input_data', j.input_data, 'step_data', j.step_data,
              'transformer_config', coalesce(t.config, '{}'::jsonb))::text
     from workflow.job_steps s
@@ -254,8 +239,8 @@ begin
 end
 $$;
 
--- The delay before attempt n+1: exponential, capped, with +-jitter. The clamps only
--- keep a malformed stored policy from overflowing (the model's limits are tighter).
+-- The delay before attempt n+1: exponential, capped, with +-jitter (the policy is
+-- whole and bounded: workflow.definition_problem).
 create or replace function workflow.retry_delay(p_retry jsonb, p_attempt integer)
 returns interval
 language sql
@@ -263,11 +248,10 @@ volatile
 set search_path = ''
 as $$
   select make_interval(secs => greatest(0.05,
-    least(workflow.definition_number(p_retry -> 'max_delay_s', 300, 0, 1e7),
-          workflow.definition_number(p_retry -> 'initial_delay_s', 1, 0, 1e7)
-          * power(workflow.definition_number(p_retry -> 'multiplier', 2, 1, 1e3),
-                  least(greatest(p_attempt - 1, 0), 50)))
-    * (1 + workflow.definition_number(p_retry -> 'jitter', 0.2, 0, 1) * (2 * random() - 1))))
+    least((p_retry ->> 'max_delay_s')::float8,
+          (p_retry ->> 'initial_delay_s')::float8
+          * power((p_retry ->> 'multiplier')::float8, least(greatest(p_attempt - 1, 0), 50)))
+    * (1 + (p_retry ->> 'jitter')::float8 * (2 * random() - 1))))
 $$;
 
 -- Ends every step that has not finished; a running one's late result is then stale.
@@ -374,8 +358,7 @@ set search_path = ''
 as $$
   select j.id, jsonb_build_object(
            'input_data', j.input_data, 'step_data', j.step_data,
-           'output_mapping', v.definition -> 'output',
-           'last_step_id', v.definition -> 'steps' -> -1 ->> 'id')::text
+           'output_mapping', v.definition -> 'output')::text
   from workflow.jobs j
   join workflow.workflow_versions v
     on v.workflow_id = j.workflow_id and v.version = j.workflow_version

@@ -15,9 +15,8 @@ from shared.definitions import (
     Step,
     WorkflowDefinition,
     check_transformers,
-    effective_retry,
+    normalise,
     parse_definition,
-    topological_order,
     validate_input,
 )
 
@@ -73,18 +72,17 @@ AUDIO: dict[str, Any] = {
 def test_a_complete_definition_parses() -> None:
     defn = parse_definition(AUDIO)
     assert [s.id for s in defn.steps] == ["download", "transcribe"]
-    transcribe = defn.step("transcribe")
+    by_id = {s.id: s for s in defn.steps}
+    transcribe = by_id["transcribe"]
     assert transcribe.timeout_s == 600
     assert transcribe.retry == RetryPolicy(max_retries=5)
-    assert defn.step("download").timeout_s == 300
+    assert by_id["download"].timeout_s == 300
     assert defn.output == AUDIO["output"]
 
 
 def test_depends_on_defaults_to_the_previous_step() -> None:
     defn = parse_definition({"steps": [step("a"), step("b"), step("c")]})
     assert [s.depends_on for s in defn.steps] == [[], ["a"], ["b"]]
-    assert defn.deps("c") == ["b"]
-    assert defn.deps(defn.steps[0]) == []
 
 
 def test_explicit_empty_depends_on_makes_a_root() -> None:
@@ -98,7 +96,7 @@ def test_explicit_empty_depends_on_makes_a_root() -> None:
             ]
         }
     )
-    assert [defn.deps(s) for s in defn.steps] == [[], [], ["b"], ["a", "b"]]
+    assert [s.depends_on for s in defn.steps] == [[], [], ["b"], ["a", "b"]]
 
 
 def test_normalised_form_round_trips() -> None:
@@ -191,7 +189,7 @@ def test_inputs_may_read_transitive_ancestors() -> None:
             ]
         }
     )
-    assert defn.deps("c") == ["b"]
+    assert defn.steps[2].depends_on == ["b"]
 
 
 def test_inputs_may_not_read_a_later_step_even_in_a_sequence() -> None:
@@ -219,7 +217,7 @@ def test_output_may_read_any_step_but_not_unknown_ones() -> None:
             "output": {"a": "$.steps.a.output", "b": "$.steps.b.output"},
         }
     )
-    assert defn.result_mapping() == {"a": "$.steps.a.output", "b": "$.steps.b.output"}
+    assert normalise(defn)["output"] == {"a": "$.steps.a.output", "b": "$.steps.b.output"}
     problems = problems_of({"steps": [step("a")], "output": "$.steps.nope.output"})
     assert problems == ["output: reads unknown step 'nope'"]
 
@@ -227,7 +225,7 @@ def test_output_may_read_any_step_but_not_unknown_ones() -> None:
 def test_without_output_the_result_is_the_last_steps_output() -> None:
     defn = parse_definition({"steps": [step("a"), step("b")]})
     assert defn.output is None
-    assert defn.result_mapping() == "$.steps.b.output"
+    assert normalise(defn)["output"] == "$.steps.b.output"
 
 
 def test_invalid_expressions_are_reported_with_their_location() -> None:
@@ -370,54 +368,36 @@ def test_input_schema_for_a_non_object_root_still_needs_an_object() -> None:
         validate_input(defn, "string")
 
 
-def test_effective_retry_precedence() -> None:
+def test_normalise_writes_every_retry_policy_out_whole() -> None:
     step_policy: dict[str, Any] = {"max_retries": 7, "initial_delay_s": 0.5}
     workflow_policy: dict[str, Any] = {"max_retries": 1, "max_delay_s": 60}
-    defn = parse_definition(
+    stored = normalise(
         {
             "steps": [step("own", retry=step_policy), step("inherits")],
             "retry": workflow_policy,
         }
     )
-    assert effective_retry(defn, defn.step("own")) == RetryPolicy(**step_policy)
+    own, inherits = stored["steps"]
     # A step's policy replaces the workflow's entirely; fields are not merged.
-    assert effective_retry(defn, "own").max_delay_s == 300
-    assert effective_retry(defn, "inherits") == RetryPolicy(**workflow_policy)
+    assert own["retry"] == RetryPolicy(**step_policy).model_dump()
+    assert own["retry"]["max_delay_s"] == 300
+    assert inherits["retry"] == RetryPolicy(**workflow_policy).model_dump()
 
-    bare = parse_definition({"steps": [step("a")]})
-    assert effective_retry(bare, "a") == RetryPolicy()
-    assert RetryPolicy() == RetryPolicy(
-        max_retries=3, initial_delay_s=1.0, max_delay_s=300, multiplier=2.0, jitter=0.2
-    )
-
-
-def test_topological_order_respects_dependencies_and_listing_order() -> None:
-    defn = parse_definition(
-        {
-            "steps": [
-                step("report", depends_on=["left", "right"]),
-                step("right", depends_on=["fetch"]),
-                step("left", depends_on=["fetch"]),
-                step("fetch", depends_on=[]),
-                step("audit", depends_on=[]),
-            ]
-        }
-    )
-    order = topological_order(defn)
-    assert order == ["fetch", "right", "left", "report", "audit"]
+    bare = normalise({"steps": [step("a")]})
+    assert bare["steps"][0]["retry"] == {
+        "max_retries": 3, "initial_delay_s": 1.0, "max_delay_s": 300, "multiplier": 2.0, "jitter": 0.2
+    }
 
 
-def test_topological_order_of_a_sequence_is_the_listing_order() -> None:
-    ids = [f"s{i}" for i in range(50)]
-    defn = parse_definition({"steps": [step(i) for i in ids]})
-    assert topological_order(defn) == ids
-
-
-def test_step_lookup() -> None:
-    defn = parse_definition(AUDIO)
-    assert defn.step("download").transformer == "http-download"
-    with pytest.raises(KeyError):
-        defn.step("nope")
+def test_normalise_writes_every_default_out_and_is_idempotent() -> None:
+    stored = normalise({"steps": [step("a"), step("b", timeout_s=30)]})
+    assert stored["output"] == "$.steps.b.output"
+    assert [s["depends_on"] for s in stored["steps"]] == [[], ["a"]]
+    assert [s["timeout_s"] for s in stored["steps"]] == [300, 30]
+    assert all(s["inputs"] == {} for s in stored["steps"])
+    assert normalise(stored) == stored
+    audio = normalise(AUDIO)
+    assert normalise(audio) == audio
 
 
 def test_input_schema_formats_are_checked() -> None:

@@ -18,6 +18,7 @@ import boto3
 import httpx
 import pytest
 
+from shared.definitions import normalise
 from shared.executors.webhook_call import verify_signature
 from shared.orchestrator import Knobs, PassSummary, run_pass
 from stack.demo import run as run_demo
@@ -193,8 +194,8 @@ def test_a_job_keeps_the_definition_version_it_started_with(stack: Stack, api: A
     wid = create_workflow(stack, {"steps": [{"id": "old", "transformer": "transform",
                                              "inputs": {"v": "old"}}]})
     job_id, _ = start(api, user, wid, {}), None
-    stack.sql("update workflow.workflows set definition = %s where id = %s", (json.dumps(
-        {"steps": [{"id": "new", "transformer": "transform", "inputs": {"v": "new"}}]}), wid))
+    stack.sql("update workflow.workflows set definition = %s where id = %s", (json.dumps(normalise(
+        {"steps": [{"id": "new", "transformer": "transform", "inputs": {"v": "new"}}]})), wid))
     job = wait_job(api, user, job_id)
     assert job["status"] == "completed" and job["workflow_version"] == 1
     assert job["final_result"] == {"v": "old"}

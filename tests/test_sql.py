@@ -1,6 +1,10 @@
 """The state machine's SQL behaviour, tested in SQL: each tests/sql/*.sql is a pgTAP
 file (one behaviour of one function), run in a transaction that it rolls back.
 
+Definitions are stored normalised (every default written out); each file gets the
+defaults of one step as the psql variable `step`, from `shared.definitions.normalise`,
+so the files do not restate them.
+
 pgTAP comes from Debian's postgresql-15-pgtap (make setup). It is a test tool, not
 part of the product: it is created here, in a schema of its own, in the local stack's
 database only, never by supabase/migrations.
@@ -8,14 +12,19 @@ database only, never by supabase/migrations.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from shared.definitions import DefinitionError, normalise
 from tests.conftest import Stack
 
+# A normalised step without its id, transformer and dependencies.
+STEP_DEFAULTS = {k: v for k, v in normalise({"steps": [{"id": "x", "transformer": "x"}]})["steps"][0].items()
+                 if k not in ("id", "transformer", "depends_on")}
 SQL_TESTS = sorted((Path(__file__).parent / "sql").glob("*.sql"))
 _PLAN = re.compile(r"^1\.\.(\d+)$")
 _RESULT = re.compile(r"^(not ok|ok) (\d+)")
@@ -31,7 +40,8 @@ def pgtap(stack: Stack) -> Stack:
 def test_sql(pgtap: Stack, path: Path) -> None:
     result = subprocess.run(
         ["psql", "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-d", pgtap.database_url,
-         "-c", "set search_path = public, pgtap", "-f", str(path)],
+         "-v", f"step={json.dumps(STEP_DEFAULTS)}", "-c", "set search_path = public, pgtap",
+         "-f", str(path)],
         capture_output=True, text=True, timeout=120, check=False,
     )
     tap = [line.strip() for line in result.stdout.splitlines() if line.strip()]
@@ -50,3 +60,43 @@ def test_every_sql_test_rolls_back() -> None:
     for path in SQL_TESTS:
         text = path.read_text().lower()
         assert re.search(r"^begin;", text, re.M) and re.search(r"^rollback;\s*\Z", text, re.M), path.name
+
+
+# (field, a value at its bound, a value just past it) for every number SQL reads.
+BOUNDS = [
+    ("timeout_s", 900, 901), ("timeout_s", 1, 0),
+    ("retry.max_retries", 20, 21), ("retry.max_retries", 0, -1),
+    ("retry.initial_delay_s", 0.001, 0.0009), ("retry.max_delay_s", 86400, 86401),
+    ("retry.multiplier", 10, 10.5), ("retry.multiplier", 1, 0.9),
+    ("retry.jitter", 1, 1.1), ("retry.jitter", 0, -0.1),
+]
+
+
+@pytest.mark.parametrize(("field", "inside", "outside"), BOUNDS)
+def test_database_and_model_agree_on_bounds(stack: Stack, field: str, inside: float,
+                                            outside: float) -> None:
+    """The model (shared.definitions) and the database check (definition_problem) state
+    the same bounds: a value at a bound passes both, one just past it neither."""
+
+    def with_value(value: float) -> dict[str, object]:
+        step: dict[str, object] = {"id": "a", "transformer": "t"}
+        if field.startswith("retry."):
+            policy = {"max_delay_s": 86400} if field != "retry.max_delay_s" else {}
+            step["retry"] = {**policy, field.removeprefix("retry."): value}
+        else:
+            step[field] = value
+        return {"steps": [step]}
+
+    def sql_problem(definition: dict[str, object]) -> str | None:
+        problem: str | None = stack.sql("select workflow.definition_problem(%s)",
+                                        (json.dumps(definition),))[0][0]
+        return problem
+
+    stored = normalise(with_value(inside))
+    assert sql_problem(stored) is None
+    with pytest.raises(DefinitionError):
+        normalise(with_value(outside))
+    key = field.removeprefix("retry.")
+    place = stored["steps"][0]["retry"] if field.startswith("retry.") else stored["steps"][0]
+    place[key] = outside
+    assert sql_problem(stored) is not None

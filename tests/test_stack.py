@@ -24,10 +24,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from postgrest.exceptions import APIError
 
+from shared.definitions import normalise
 from stack import supervisor
 from stack.config import REPO
 from supabase import ClientOptions, create_client
 from tests.conftest import Stack
+
+ONE_STEP = normalise({"steps": [{"id": "a", "transformer": "transform"}]})
 
 
 def _free_port() -> int:
@@ -107,7 +110,8 @@ def test_fresh_stack_restarts_without_reapplying_or_losing_data(
             "select version, applied_at from supabase_migrations.schema_migrations order by 1"
         ).fetchall()
         assert migrations, "no migration was applied on a fresh cluster"
-        conn.execute("insert into workflow.workflows (id, definition) values ('keep-me', '{}')")
+        conn.execute("insert into workflow.workflows (id, definition) values ('keep-me', %s)",
+                     (json.dumps(ONE_STEP),))
     assert "(new cluster)" in (state / "logs" / "stack.log").read_text()
 
     down = subprocess.run(["make", "-s", "down"], env=env, cwd=REPO, capture_output=True,
@@ -162,7 +166,8 @@ def _seed_job(stack: Stack, user_id: str, workflow_id: str) -> str:
 @pytest.fixture
 def workflow_id(stack: Stack) -> str:
     wid = f"wf-{uuid.uuid4().hex[:8]}"
-    stack.sql("insert into workflow.workflows (id, definition) values (%s, '{}')", (wid,))
+    stack.sql("insert into workflow.workflows (id, definition) values (%s, %s)",
+              (wid, json.dumps(ONE_STEP)))
     return wid
 
 

@@ -5,7 +5,8 @@ select plan(7);
 \set uid '00000000-0000-4000-8000-00000000c001'
 insert into auth.users (id, email) values (:'uid', 'coalescing@example.test');
 insert into workflow.workflows (id, definition)
-  values ('tap-kick', '{"steps": [{"id": "a", "transformer": "transform"}]}');
+  values ('tap-kick', jsonb_build_object('output', '$.steps.a.output', 'steps', jsonb_build_array(
+    :'step'::jsonb || '{"id": "a", "transformer": "transform", "depends_on": []}')));
 delete from workflow.orchestrator_passes;  -- (rolled back) as if no pass were running
 
 select is(workflow.start_job(:'uid', 'tap-kick', 1, '{"n": 1}') -> 'kick', 'true'::jsonb,

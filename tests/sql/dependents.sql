@@ -4,11 +4,12 @@ select plan(6);
 
 \set uid '00000000-0000-4000-8000-00000000d001'
 insert into auth.users (id, email) values (:'uid', 'dependents@example.test');
-insert into workflow.workflows (id, definition) values ('tap-diamond', '{"steps": [
-  {"id": "a", "transformer": "transform"},
-  {"id": "b", "transformer": "transform", "depends_on": ["a"]},
-  {"id": "c", "transformer": "transform", "depends_on": ["a"]},
-  {"id": "d", "transformer": "transform", "depends_on": ["b", "c"]}]}');
+insert into workflow.workflows (id, definition) values ('tap-diamond', jsonb_build_object(
+  'output', '$.steps.d.output', 'steps', jsonb_build_array(
+    :'step'::jsonb || '{"id": "a", "transformer": "transform", "depends_on": []}',
+    :'step'::jsonb || '{"id": "b", "transformer": "transform", "depends_on": ["a"]}',
+    :'step'::jsonb || '{"id": "c", "transformer": "transform", "depends_on": ["a"]}',
+    :'step'::jsonb || '{"id": "d", "transformer": "transform", "depends_on": ["b", "c"]}')));
 select workflow.start_job(:'uid', 'tap-diamond', 1, '{}') ->> 'job_id' as job \gset
 
 create temp view steps as

@@ -5,7 +5,8 @@ select plan(8);
 \set uid '00000000-0000-4000-8000-00000000f001'
 insert into auth.users (id, email) values (:'uid', 'fencing@example.test');
 insert into workflow.workflows (id, definition)
-  values ('tap-fencing', '{"steps": [{"id": "a", "transformer": "transform"}]}');
+  values ('tap-fencing', jsonb_build_object('output', '$.steps.a.output', 'steps', jsonb_build_array(
+    :'step'::jsonb || '{"id": "a", "transformer": "transform", "depends_on": []}')));
 select workflow.start_job(:'uid', 'tap-fencing', 1, '{}') ->> 'job_id' as job \gset
 update workflow.job_steps set next_attempt_at = '-infinity' where job_id = :'job';
 select lease_token as first_token, attempt from workflow.claim_steps(1) \gset

@@ -5,7 +5,8 @@ select plan(8);
 \set uid '00000000-0000-4000-8000-00000000e001'
 insert into auth.users (id, email) values (:'uid', 'finishing@example.test');
 insert into workflow.workflows (id, definition)
-  values ('tap-finish', '{"steps": [{"id": "a", "transformer": "transform"}]}');
+  values ('tap-finish', jsonb_build_object('output', '$.steps.a.output', 'steps', jsonb_build_array(
+    :'step'::jsonb || '{"id": "a", "transformer": "transform", "depends_on": []}')));
 select workflow.start_job(:'uid', 'tap-finish', 1, '{}') ->> 'job_id' as job \gset
 select workflow.start_job(:'uid', 'tap-finish', 1, '{"n": 2}') ->> 'job_id' as big \gset
 

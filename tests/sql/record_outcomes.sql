@@ -4,8 +4,10 @@ select plan(7);
 
 \set uid '00000000-0000-4000-8000-00000000b001'
 insert into auth.users (id, email) values (:'uid', 'batch@example.test');
-insert into workflow.workflows (id, definition) values ('tap-batch', '{"steps": [
-  {"id": "a", "transformer": "transform", "retry": {"max_retries": 2}}]}');
+insert into workflow.workflows (id, definition) values ('tap-batch', jsonb_build_object(
+  'output', '$.steps.a.output', 'steps', jsonb_build_array(jsonb_set(
+    :'step'::jsonb || '{"id": "a", "transformer": "transform", "depends_on": []}',
+    '{retry,max_retries}', '2'))));
 select workflow.start_job(:'uid', 'tap-batch', 1, '{"n": 1}') ->> 'job_id' as j1 \gset
 select workflow.start_job(:'uid', 'tap-batch', 1, '{"n": 2}') ->> 'job_id' as j2 \gset
 select workflow.start_job(:'uid', 'tap-batch', 1, '{"n": 3}') ->> 'job_id' as j3 \gset

@@ -5,7 +5,8 @@ select plan(9);
 \set uid '00000000-0000-4000-8000-00000000a001'
 insert into auth.users (id, email) values (:'uid', 'start@example.test');
 insert into workflow.workflows (id, definition)
-  values ('tap-start', '{"steps": [{"id": "a", "transformer": "transform"}]}');
+  values ('tap-start', jsonb_build_object('output', '$.steps.a.output', 'steps', jsonb_build_array(
+    :'step'::jsonb || '{"id": "a", "transformer": "transform", "depends_on": []}')));
 
 select throws_ok(format($$select workflow.start_job(%L, 'tap-start', 1, '[1]')$$, :'uid'),
                  'PT400', 'input_data: must be a JSON object', 'the input is an object');

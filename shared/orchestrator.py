@@ -1,8 +1,9 @@
 """One orchestrator pass: recover, claim, resolve inputs, dispatch, and keep draining.
 
 The pass keeps claiming steps that become ready while executors answer, so a job
-moves from step to step without waiting for a cron tick, and then lingers, polling,
-in case more comes. While a pass is alive (its heartbeat row, renewed as it claims)
+moves from step to step without waiting for a cron tick, and then lingers in case
+more comes; an idle pass waits inside Postgres (wait_for_ready), not by polling over
+HTTP. While a pass is alive (its heartbeat row, renewed as it claims)
 a start needs no kick: start_job says so. This coalesces kicks in the database, so
 it works on Lambda, where every kick is an invocation of its own. A pass ends with
 end_pass, which waits for the starts that saw it alive, and one last claim.
@@ -17,6 +18,7 @@ import asyncio
 import time
 import uuid
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import httpx
 from postgrest import AsyncPostgrestClient
@@ -30,8 +32,8 @@ from shared.protocol import MAX_BATCH, Outcome, StepOutcome
 MAX_RETRY_WAIT_S = 5.0
 # A pass's heartbeat says it is alive this long; it is renewed when half has passed.
 HEARTBEAT_S = 1.0
-# Polls back off from settings' orchestrator_poll_s to this while nothing comes.
-MAX_POLL_S = 0.01
+# An idle pass waits in Postgres (wait_for_ready) this long at a time for a new step.
+READY_WAIT_S = 0.05
 
 
 @dataclass
@@ -63,6 +65,7 @@ class Pass:
         self.pass_id = str(uuid.uuid4())
         self.renew_at = 0.0  # when the heartbeat next needs renewing; 0: not alive
         self.inflight: dict[asyncio.Task[None], int] = {}  # a batch's task -> its steps
+        self.waiter: asyncio.Task[bool] | None = None  # wait_for_ready, while one runs
 
     async def finish_stranded(self) -> None:
         """The sweep: jobs whose steps are all complete but whose finisher (the executor
@@ -150,17 +153,30 @@ class Pass:
         self.renew_at = 0.0
         return found == 0
 
-    async def settle(self, timeout: float) -> None:
-        """Wait up to `timeout` for a batch to end (or for the next poll)."""
-        if not self.inflight:
+    async def settle(self, timeout: float, watch: bool) -> bool:
+        """Wait up to `timeout` for a batch to end or, when `watch` (the last claim found
+        all there was and there is room for more), for a step to become ready (told by
+        wait_for_ready, which runs on in the background). True when a step is ready."""
+        waits: set[asyncio.Task[Any]] = set(self.inflight)
+        if watch:
+            if self.waiter is None:
+                self.waiter = asyncio.create_task(
+                    state.wait_for_ready_async(self.client, min(READY_WAIT_S, timeout)))
+            waits.add(self.waiter)
+        if not waits:
             await asyncio.sleep(timeout)
-            return
-        done, _ = await asyncio.wait(self.inflight, timeout=timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
+            return False
+        done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        ready = False
         for task in done:
+            if task is self.waiter:
+                self.waiter = None
+                ready = task.exception() is None and bool(task.result())
+                continue
             self.inflight.pop(task, None)
             if task.exception() is not None:
                 logger.error("batch task failed", exc_info=task.exception())
+        return ready
 
     async def run(self, housekeeping_too: bool) -> PassSummary:
         # Housekeeping runs beside the first claim, not before it: a kicked pass
@@ -168,7 +184,7 @@ class Pass:
         housekeeping = asyncio.create_task(
             self.housekeeping() if housekeeping_too else asyncio.sleep(0))
         knobs = self.knobs
-        idle_since, polls = time.monotonic(), 0
+        idle_since, woken = time.monotonic(), False
         try:
             while True:
                 left = self.deadline - time.monotonic()
@@ -178,11 +194,14 @@ class Pass:
                     if self.inflight:  # the executors record their outcomes themselves
                         await asyncio.wait(self.inflight, timeout=2.0)
                     break
+                found = 0
                 if room > 0:
                     limit = min(knobs.batch, room)
                     found = await self.claim(limit)
                     if found:
-                        idle_since, polls = time.monotonic(), 0
+                        idle_since = time.monotonic()
+                    elif woken:  # the ready step went to another claimer, or is not claimable
+                        await asyncio.sleep(knobs.poll_s)
                     if found == limit and self.busy() < knobs.concurrency:
                         continue  # more may be waiting: claim again before waiting
                 if not self.inflight and time.monotonic() - idle_since >= knobs.linger_s:
@@ -192,14 +211,16 @@ class Pass:
                             break
                         idle_since = time.monotonic()
                         continue
-                await self.settle(min(MAX_POLL_S, knobs.poll_s * 1.5 ** polls, max(left, 0.001)))
-                polls += 1
+                woken = await self.settle(min(knobs.linger_s, max(left, 0.001)),
+                                          watch=self.busy() < knobs.concurrency)
         finally:
             if self.renew_at != 0.0 and self.renew_at != float("inf"):
                 try:  # a pass that fails still stops being alive, if it can
                     await state.end_pass_async(self.client, self.pass_id)
                 except (APIError, httpx.HTTPError):
                     pass  # its heartbeat expires within HEARTBEAT_S
+        if self.waiter is not None:
+            await asyncio.wait([self.waiter], timeout=READY_WAIT_S + 1)
         await housekeeping
         return self.summary
 
@@ -232,7 +253,7 @@ class Knobs:
     concurrency: int = 32  # steps in flight at once
     batch: int = 16  # steps per claim
     linger_s: float = 0.5  # how long an idle pass keeps polling for new steps
-    poll_s: float = 0.005  # the first poll interval when idle (backs off to MAX_POLL_S)
+    poll_s: float = 0.005  # the pause after a wake-up whose claim found nothing
 
 
 async def run_pass(base_url: str, budget_s: float, knobs: Knobs | None = None,

@@ -35,7 +35,8 @@ class Settings:
     # 6 MiB is a synchronous Lambda invocation's own limit.
     max_internal_body_bytes: int = 6 * 1024 * 1024
     # An orchestrator pass: its time budget (capped by Lambda's remaining time), steps
-    # in flight, steps per claim, how long it lingers idle, its first poll interval.
+    # in flight, steps per claim, how long it lingers idle, its pause after a wake-up
+    # whose claim found nothing.
     orchestrator_budget_s: float = 60.0
     orchestrator_concurrency: int = 32
     orchestrator_batch: int = 16

@@ -219,6 +219,12 @@ async def finish_jobs_async(client: AsyncPostgrestClient,
     return _finished((await client.rpc("finish_jobs", params).execute()).data)
 
 
+async def wait_for_ready_async(client: AsyncPostgrestClient, wait_s: float) -> bool:
+    params: dict[str, Any] = {"p_wait_s": wait_s}
+    response = await client.rpc("wait_for_ready", params).execute()
+    return bool(response.data)
+
+
 async def next_due_in_async(client: AsyncPostgrestClient) -> float | None:
     response = await client.rpc("next_due_in", {}).execute()
     return None if response.data is None else float(response.data)  # type: ignore[arg-type]

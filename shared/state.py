@@ -167,12 +167,15 @@ def record_outcomes(client: SyncPostgrestClient, outcomes: list[StepOutcome]) ->
     return _recorded(client.rpc("record_outcomes", params).execute().data)
 
 
-def claim_steps(client: SyncPostgrestClient, limit: int, job_ids: list[str],
-                target_function: str) -> list[ClaimedStep]:
-    """An executor's claim: the ready steps of `job_ids` that run on `target_function`."""
-    params: dict[str, Any] = {"p_limit": limit, "p_job_ids": job_ids,
-                              "p_target_function": target_function}
-    return [ClaimedStep.from_row(r) for r in db.rows(client.rpc("claim_steps", params).execute().data)]
+def record_and_claim(client: SyncPostgrestClient, outcomes: list[StepOutcome], target_function: str,
+                     limit: int) -> tuple[list[Recorded], list[ClaimedStep]]:
+    """record_outcomes, and in the same transaction a claim of the steps the completed
+    ones made ready that run on `target_function`."""
+    params: dict[str, Any] = {"p_outcomes": [o.as_sql() for o in outcomes],
+                              "p_target_function": target_function, "p_limit": limit}
+    data = db.obj(client.rpc("record_and_claim", params).execute().data)
+    return (_recorded(data.get("recorded")),
+            [ClaimedStep.from_row(r) for r in db.rows(data.get("claimed"))])
 
 
 def finish_jobs(client: SyncPostgrestClient, jobs: list[dict[str, Any]]) -> dict[str, str]:

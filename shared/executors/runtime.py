@@ -4,11 +4,11 @@ concurrently, record their outcomes, finish the jobs they completed.
 The executor records outcomes itself, each fenced by its lease token, so a result is
 written once, by the holder of the current lease, even if the orchestrator that
 dispatched it has gone. Outcomes are recorded as steps end, fast siblings together
-(`record_outcomes`, one RPC), so no step waits for a slower one in its batch; the jobs
-whose last step this executor completed are finished in one more RPC (`finish_jobs`).
-The steps that completions make ready for this same executor are claimed and run here
-at once (for CHAIN_BUDGET_S), so a chain of steps does not go back to the orchestrator
-between each two.
+(one RPC), so no step waits for a slower one in its batch; the jobs whose last step
+this executor completed are finished in one more RPC (`finish_jobs`). The same RPC that
+records completions claims the steps they made ready for this same executor
+(`record_and_claim`), which run here at once (for CHAIN_BUDGET_S): a chain of steps
+does not go back to the orchestrator between each two.
 """
 
 from __future__ import annotations
@@ -80,20 +80,28 @@ def run_step(execute: Execute, step: StepRequest) -> StepOutcome:
     return StepOutcome(job_id=job_id, step_id=step.step_id, lease_token=lease_token, output=output)
 
 
-def _record(client: SyncPostgrestClient, outcomes: list[StepOutcome]) -> list[Recorded]:
-    """record_outcomes, retried through a PostgREST or Postgres restart; if it never
-    gets through, the steps are `unrecorded` and their leases decide."""
+def _record(client: SyncPostgrestClient, outcomes: list[StepOutcome],
+            claim_for: str | None) -> tuple[list[Recorded], list[StepRequest]]:
+    """Record the outcomes (and claim what they made ready for `claim_for`), retried
+    through a PostgREST or Postgres restart; if it never gets through, the steps are
+    `unrecorded` and their leases decide."""
     for delay in (*RECORD_RETRY_DELAYS_S, None):
         try:
-            return state.record_outcomes(client, outcomes)
-        except (APIError, httpx.HTTPError) as exc:
+            if claim_for is None:
+                return state.record_outcomes(client, outcomes), []
+            recorded, claimed = state.record_and_claim(client, outcomes, claim_for, MAX_BATCH)
+            ready, failures = state.prepare_all(claimed)
+            if failures:
+                record_and_finish(client, failures)
+            return recorded, [p.request for p in ready]
+        except (APIError, httpx.HTTPError, db.UndecodableResponse) as exc:
             if delay is None:
                 logger.error("recording outcomes failed; the leases will decide",
                              extra={"steps": [o.step_id for o in outcomes], "error": str(exc)})
                 break
             logger.warning("recording outcomes failed; retrying", extra={"error": str(exc)})
             time.sleep(delay)
-    return [Recorded(job_id=o.job_id, step_id=o.step_id, outcome="unrecorded") for o in outcomes]
+    return [Recorded(job_id=o.job_id, step_id=o.step_id, outcome="unrecorded") for o in outcomes], []
 
 
 def _finish(client: SyncPostgrestClient, recorded: list[Recorded]) -> None:
@@ -112,33 +120,16 @@ def _finish(client: SyncPostgrestClient, recorded: list[Recorded]) -> None:
         logger.info(f"job {status}", extra={"job_id": job_id})
 
 
-def record_and_finish(client: SyncPostgrestClient, outcomes: list[StepOutcome]) -> list[Recorded]:
-    recorded = _record(client, outcomes)
+def record_and_finish(client: SyncPostgrestClient, outcomes: list[StepOutcome],
+                      claim_for: str | None = None) -> tuple[list[Recorded], list[StepRequest]]:
+    """Record the outcomes, finish the jobs they completed; with `claim_for`, also claim
+    (in the same transaction) the steps they made ready on that executor, to run next."""
+    recorded, claimed = _record(client, outcomes, claim_for)
     for r in recorded:
         logger.info("step recorded", extra={"job_id": r.job_id, "step_id": r.step_id,
                                             "outcome": r.outcome})
     _finish(client, recorded)
-    return recorded
-
-
-def claim_next(client: SyncPostgrestClient, recorded: list[Recorded],
-               target_function: str) -> list[StepRequest]:
-    """The steps that the steps just completed here made ready, when they run on this
-    executor too: claimed and run here at once, saving the orchestrator's round trip.
-    (The orchestrator would claim them otherwise; SKIP LOCKED settles who does.)"""
-    jobs = sorted({r.job_id for r in recorded if r.outcome == "completed" and r.finish is None})
-    if not jobs:
-        return []
-    try:
-        claimed = state.claim_steps(client, MAX_BATCH, jobs, target_function)
-    except (APIError, httpx.HTTPError) as exc:
-        logger.warning("claiming the next steps failed; the orchestrator will",
-                       extra={"error": str(exc)})
-        return []
-    ready, failures = state.prepare_all(claimed)
-    if failures:
-        record_and_finish(client, failures)
-    return [p.request for p in ready]
+    return recorded, claimed
 
 
 def run_batch(execute: Execute, steps: list[StepRequest], target_function: str) -> list[Recorded]:
@@ -154,11 +145,11 @@ def run_batch(execute: Execute, steps: list[StepRequest], target_function: str) 
             if pending:
                 more, pending = wait(pending, timeout=RECORD_GRACE_S)
                 done |= more
-            group = record_and_finish(client, [f.result() for f in done])
+            chaining = time.monotonic() - started < CHAIN_BUDGET_S
+            group, claimed = record_and_finish(client, [f.result() for f in done],
+                                               target_function if chaining else None)
             recorded += group
-            if time.monotonic() - started < CHAIN_BUDGET_S:
-                pending |= {pool.submit(run_step, execute, s)
-                            for s in claim_next(client, group, target_function)}
+            pending |= {pool.submit(run_step, execute, s) for s in claimed}
     return recorded
 
 

@@ -446,6 +446,34 @@ begin
 end
 $$;
 
+-- An executor's one call per group of ended steps: record their outcomes and, in the
+-- same transaction, claim the steps their completions made ready that run on this
+-- executor too (p_target_function), so a chain of steps never goes back to the
+-- orchestrator, and no one else can see those steps ready in between.
+create or replace function workflow.record_and_claim(
+  p_outcomes jsonb, p_target_function text, p_limit integer default 32
+) returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_recorded jsonb;
+  v_jobs uuid[];
+  v_claimed jsonb;
+begin
+  select coalesce(jsonb_agg(to_jsonb(r)), '[]'::jsonb) into v_recorded
+  from workflow.record_outcomes(p_outcomes) r;
+  select array_agg(distinct (r ->> 'job_id')::uuid) into v_jobs
+  from jsonb_array_elements(v_recorded) r
+  where r ->> 'outcome' = 'completed' and r ->> 'finish' is null;
+  if v_jobs is not null then
+    select jsonb_agg(to_jsonb(c)) into v_claimed
+    from workflow.claim_steps(p_limit, null, 0, v_jobs, p_target_function) c;
+  end if;
+  return jsonb_build_object('recorded', v_recorded, 'claimed', coalesce(v_claimed, '[]'::jsonb));
+end
+$$;
+
 -- Finish a batch of jobs whose steps are all complete: `final_result` (built in
 -- Python from the output mapping) completes one, `error` fails it. Jobs in id order.
 create or replace function workflow.finish_jobs(p_jobs jsonb)

@@ -35,8 +35,13 @@ lint: setup
 	@$(PY) -m mypy shared stack tests bench
 	@for f in functions/*/app.py; do $(PY) -m mypy "$$f" | grep -v "^Success" || true; done
 
-# Benchmarks on their own stack (.stack-bench/, ports 55421-55425); ~8 min (at most ~25). BENCH_ARGS=--quick to try.
+# Benchmarks on their own stack (.stack-bench/, ports 55421-55425), ours interleaved with the
+# peers (DBOS, Procrastinate: the `bench` extra, installed here only); ~30 min. BENCH_ARGS=--quick to try.
 bench: setup
+	@if [ ! -f .venv/.installed-bench ] || [ pyproject.toml -nt .venv/.installed-bench ]; then \
+	  echo "setup: installing the benchmark's peers (.[bench])"; \
+	  $(PY) -m pip install -q --disable-pip-version-check -e '.[bench]' && touch .venv/.installed-bench; \
+	fi
 	@$(PY) -m bench.run_all $(BENCH_ARGS)
 
 # SAM builds the shared layer with this target (template.yaml: BuildMethod makefile).

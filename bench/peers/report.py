@@ -76,7 +76,8 @@ def _fmt(v: float | None) -> str:
 
 
 def table_markdown(rows: dict[str, dict[str, float | None]], ours_key: str) -> str:
-    """systems x figures, then one line per peer with ours/peer for each figure."""
+    """systems x figures, then one line per peer with ours (the `ours_key` row)/peer for
+    each figure; rows named supaflow... are ours."""
     keys = list(FIGURES)
     lines = ["| system | " + " | ".join(FIGURES[k][0] for k in keys) + " |",
              "|---|" + "---|" * len(keys)]
@@ -84,7 +85,7 @@ def table_markdown(rows: dict[str, dict[str, float | None]], ours_key: str) -> s
         lines.append(f"| {name} | " + " | ".join(_fmt(fig.get(k)) for k in keys) + " |")
     ours = rows[ours_key]
     for name, fig in rows.items():
-        if name == ours_key:
+        if name.startswith("supaflow"):
             continue
         r = ratios(ours, fig)
         lines.append(f"| ratio ours/{name} | " + " | ".join(

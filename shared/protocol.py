@@ -31,6 +31,15 @@ class TransformerRef(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict)
 
 
+class Finish(BaseModel):
+    """Sent with a job's last unfinished step: what its final result is built from, so
+    the executor finishes the job in the call that records the step."""
+
+    output_mapping: Any
+    input_data: Any
+    step_data: dict[str, Any]
+
+
 class StepRequest(BaseModel):
     """One leased attempt, with its inputs already resolved by the orchestrator."""
 
@@ -43,6 +52,7 @@ class StepRequest(BaseModel):
     timeout_s: int = Field(ge=1, le=900)
     transformer: TransformerRef
     inputs: Any = None
+    finish: Finish | None = None
 
 
 class BatchRequest(BaseModel):
@@ -70,21 +80,27 @@ class StepOutcome(BaseModel):
     output: Any = None
     error: str | None = None
     retryable: bool = True
+    # The job's final result ({"final_result": ...}, or {"error": ...} when it cannot
+    # be built), when this step was sent with `finish`.
+    final: dict[str, Any] | None = None
 
     def as_sql(self) -> dict[str, Any]:
         """The JSON `record_outcomes` reads: `error` present means a failed attempt."""
         if self.error is None:
-            return {"job_id": self.job_id, "step_id": self.step_id,
-                    "lease_token": self.lease_token, "output": self.output}
+            completed = {"job_id": self.job_id, "step_id": self.step_id,
+                         "lease_token": self.lease_token, "output": self.output}
+            return completed if self.final is None else {**completed, "final": self.final}
         return {"job_id": self.job_id, "step_id": self.step_id, "lease_token": self.lease_token,
                 "error": self.error, "retryable": self.retryable}
 
 
 class Recorded(BaseModel):
-    """`record_outcomes`' row for one step; `finish` is set when that step was its job's
-    last, carrying what finishing the job needs (see state.finish_jobs)."""
+    """`record_outcomes`' row for one step. When that step was its job's last, either
+    the job was finished with it (`job_status`) or `finish` carries what finishing the
+    job needs (see state.finish_jobs)."""
 
     job_id: str
     step_id: str
     outcome: Outcome
     finish: str | None = None
+    job_status: str | None = None

@@ -16,7 +16,11 @@ from typing import Any
 from postgrest import AsyncPostgrestClient, SyncPostgrestClient
 
 from shared import db, mapping
-from shared.protocol import Recorded, StepOutcome, StepRequest, TransformerRef
+from shared.protocol import Finish, Recorded, StepOutcome, StepRequest, TransformerRef
+
+# A job's data is sent along with its last step (to build the final result there) only
+# up to this size; a larger job is finished by finish_jobs, one call later.
+MAX_FINISH_BYTES = 256 * 1024
 
 
 class UndecodableRow(ValueError):
@@ -44,6 +48,7 @@ class StepPayload:
     input_data: Any
     step_data: dict[str, Any]
     transformer_config: dict[str, Any]
+    output_mapping: Any  # set for a job's last unfinished step (see protocol.Finish)
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,8 @@ class ClaimedStep:
         data = decode_payload(self.payload)
         return StepPayload(inputs=data.get("inputs") or {}, input_data=data.get("input_data") or {},
                            step_data=data.get("step_data") or {},
-                           transformer_config=data.get("transformer_config") or {})
+                           transformer_config=data.get("transformer_config") or {},
+                           output_mapping=data.get("output_mapping"))
 
     def failed(self, error: str, *, retryable: bool) -> StepOutcome:
         return StepOutcome(job_id=self.job_id, step_id=self.step_id, lease_token=self.lease_token,
@@ -92,11 +98,15 @@ def prepare(step: ClaimedStep) -> tuple[StepRequest, bytes] | StepOutcome:
     try:
         payload = step.read()
         inputs = mapping.resolve(payload.inputs, mapping_context(payload.input_data, payload.step_data))
+        finish = None
+        if payload.output_mapping is not None and len(step.payload) <= MAX_FINISH_BYTES:
+            finish = Finish(output_mapping=payload.output_mapping, input_data=payload.input_data,
+                            step_data=payload.step_data)
         request = StepRequest(
             job_id=uuid.UUID(step.job_id), step_id=step.step_id, attempt=step.attempt,
             lease_token=uuid.UUID(step.lease_token), timeout_s=step.timeout_s, inputs=inputs,
             transformer=TransformerRef(id=step.transformer_id, type=step.transformer_type,
-                                       config=payload.transformer_config))
+                                       config=payload.transformer_config), finish=finish)
         return request, request.model_dump_json().encode()
     except mapping.MappingError as exc:
         return step.failed(f"inputs: {exc}", retryable=False)
@@ -133,22 +143,30 @@ def mapping_context(input_data: Any, step_data: dict[str, Any]) -> dict[str, Any
     return {"input": input_data, "steps": {k: {"output": v} for k, v in step_data.items()}}
 
 
+def final_entry(output_mapping: Any, input_data: Any, step_data: dict[str, Any]) -> dict[str, Any]:
+    """How a job whose steps are all complete ends: {"final_result": ...} built by its
+    output mapping (written out when the definition was stored), or {"error": ...}
+    when its data cannot make one."""
+    try:
+        result = mapping.resolve(output_mapping, mapping_context(input_data, step_data))
+        json.dumps(result, allow_nan=False)  # what is sent to SQL must encode
+    except mapping.MappingError as exc:
+        return {"error": f"output mapping: {exc}"}
+    except RecursionError:
+        return {"error": "final result: nested too deeply"}
+    except Exception as exc:  # noqa: BLE001 - stored data that cannot make a result fails its job
+        return {"error": f"final result: {exc}"}
+    return {"final_result": result}
+
+
 def finishing(job_id: str, payload: str) -> dict[str, Any]:
-    """finish_jobs' entry for a job whose steps are all complete: its final_result (the
-    workflow's output mapping, written out when the definition was stored), or the
-    error that fails it when that cannot be built from its stored data."""
+    """finish_jobs' entry for a job from its finishable_jobs / record_outcomes payload."""
     try:
         data = decode_payload(payload)
-        result = mapping.resolve(data.get("output_mapping"), mapping_context(data.get("input_data"),
-                                                         data.get("step_data") or {}))
-        json.dumps(result, allow_nan=False)  # what finish_jobs is sent must encode
-    except mapping.MappingError as exc:
-        return {"job_id": job_id, "error": f"output mapping: {exc}"}
-    except RecursionError:
-        return {"job_id": job_id, "error": "final result: nested too deeply"}
-    except Exception as exc:  # noqa: BLE001 - stored data that cannot make a result fails its job
+    except UndecodableRow as exc:
         return {"job_id": job_id, "error": f"final result: {exc}"}
-    return {"job_id": job_id, "final_result": result}
+    return {"job_id": job_id,
+            **final_entry(data.get("output_mapping"), data.get("input_data"), data.get("step_data") or {})}
 
 
 def _recorded(data: Any) -> list[Recorded]:

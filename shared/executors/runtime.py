@@ -4,8 +4,10 @@ concurrently, record their outcomes, finish the jobs they completed.
 The executor records outcomes itself, each fenced by its lease token, so a result is
 written once, by the holder of the current lease, even if the orchestrator that
 dispatched it has gone. Outcomes are recorded as steps end, fast siblings together
-(one RPC), so no step waits for a slower one in its batch; the jobs whose last step
-this executor completed are finished in one more RPC (`finish_jobs`). The same RPC that
+(one RPC), so no step waits for a slower one in its batch. A job's last step comes with
+what its final result is built from, so the job is finished in that same RPC (a job
+whose last step was not foreseen, e.g. two branches ending together, is finished in
+one more, `finish_jobs`). The same RPC that
 records completions claims the steps they made ready for this same executor
 (`record_and_claim`), which run here at once (for CHAIN_BUDGET_S): a chain of steps
 does not go back to the orchestrator between each two.
@@ -77,7 +79,12 @@ def run_step(execute: Execute, step: StepRequest) -> StepOutcome:
         logger.exception("step raised", extra=keys)
         return StepOutcome(job_id=job_id, step_id=step.step_id, lease_token=lease_token,
                            error=f"{type(exc).__name__}: {exc}", retryable=True)
-    return StepOutcome(job_id=job_id, step_id=step.step_id, lease_token=lease_token, output=output)
+    final = None
+    if step.finish is not None:  # the job's last step: its final result is built here
+        final = state.final_entry(step.finish.output_mapping, step.finish.input_data,
+                                  {**step.finish.step_data, step.step_id: output})
+    return StepOutcome(job_id=job_id, step_id=step.step_id, lease_token=lease_token, output=output,
+                       final=final)
 
 
 def _record(client: SyncPostgrestClient, outcomes: list[StepOutcome],
@@ -128,6 +135,8 @@ def record_and_finish(client: SyncPostgrestClient, outcomes: list[StepOutcome],
     for r in recorded:
         logger.info("step recorded", extra={"job_id": r.job_id, "step_id": r.step_id,
                                             "outcome": r.outcome})
+        if r.job_status is not None:
+            logger.info(f"job {r.job_status}", extra={"job_id": r.job_id})
     _finish(client, recorded)
     return recorded, claimed
 

@@ -152,7 +152,14 @@ begin
            jsonb_build_object(
              'inputs', s.definition -> 'inputs',
              'input_data', j.input_data, 'step_data', j.step_data,
-             'transformer_config', coalesce(t.config, '{}'::jsonb))::text
+             'transformer_config', coalesce(t.config, '{}'::jsonb),
+             -- the job's last unfinished step: its executor builds the final result
+             'output_mapping', case when not exists (
+                 select 1 from workflow.job_steps o
+                 where o.job_id = s.job_id and o.id <> s.id and o.status <> 'completed')
+               then (select v.definition -> 'output' from workflow.workflow_versions v
+                     where v.workflow_id = j.workflow_id and v.version = j.workflow_version)
+               end)::text
     from workflow.job_steps s
     join workflow.jobs j on j.id = s.job_id
     left join workflow.transformers t on t.id = s.transformer_id
@@ -403,10 +410,12 @@ $$;
 -- fail_step, so each is fenced by its own lease token and a stale one changes
 -- nothing for the others. Jobs are taken in id order, the order every caller locks
 -- them in, so concurrent batches never deadlock. One row that raises is reported
--- `unrecorded` (its lease decides) without undoing the rest. `finish` is set on the
--- row that completed its job's last step: what finish_jobs needs.
+-- `unrecorded` (its lease decides) without undoing the rest. An outcome that completes
+-- its job's last step may carry `final` (the executor built it: claim_steps gave it
+-- the output mapping), and the job is finished here (`job_status`); without one,
+-- `finish` hands back what finish_jobs needs.
 create or replace function workflow.record_outcomes(p_outcomes jsonb)
-returns table (job_id uuid, step_id text, outcome text, finish text)
+returns table (job_id uuid, step_id text, outcome text, finish text, job_status text)
 language plpgsql
 set search_path = ''
 as $$
@@ -418,13 +427,14 @@ begin
     select (e ->> 'job_id')::uuid as job_id, e ->> 'step_id' as step_id,
            (e ->> 'lease_token')::uuid as lease_token, e -> 'output' as output,
            e ? 'error' as failed, e ->> 'error' as error,
-           coalesce((e ->> 'retryable')::boolean, true) as retryable
+           coalesce((e ->> 'retryable')::boolean, true) as retryable, e -> 'final' as final
     from jsonb_array_elements(p_outcomes) e
     order by 1, 2
   loop
     job_id := o.job_id;
     step_id := o.step_id;
     finish := null;
+    job_status := null;
     begin
       if o.failed then
         v_result := workflow.fail_step(o.job_id, o.step_id, o.lease_token, o.error, o.retryable);
@@ -437,6 +447,11 @@ begin
         when coalesce((v_result ->> 'job_failed')::boolean, false) then 'failed'
         else 'completed' end;
       finish := v_result -> 'finish' ->> 'payload';
+      if finish is not null and jsonb_typeof(o.final) = 'object' then
+        -- the executor built the final result already: finish the job here
+        job_status := workflow.finish_one(o.job_id, o.final);
+        finish := null;
+      end if;
     exception when others then
       raise warning 'record_outcomes: job % step %: %', o.job_id, o.step_id, sqlerrm;
       outcome := 'unrecorded';
@@ -474,8 +489,31 @@ begin
 end
 $$;
 
--- Finish a batch of jobs whose steps are all complete: `final_result` (built in
--- Python from the output mapping) completes one, `error` fails it. Jobs in id order.
+-- Finish one job whose steps are all complete, from p_entry built in Python from the
+-- output mapping: `final_result` completes it, `error` fails it. The new status, or
+-- null when another finisher ended it first.
+create or replace function workflow.finish_one(p_job_id uuid, p_entry jsonb) returns text
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_status text;
+  v_result jsonb;
+begin
+  if p_entry ? 'error' then
+    select j.status into v_status from workflow.jobs j where j.id = p_job_id for update;
+    if v_status = 'running' then
+      perform workflow.fail_job(p_job_id, p_entry ->> 'error');
+      return 'failed';
+    end if;
+    return null;
+  end if;
+  v_result := workflow.finish_job(p_job_id, p_entry -> 'final_result');
+  return case when (v_result ->> 'accepted')::boolean then v_result ->> 'status' end;
+end
+$$;
+
+-- Finish a batch of jobs (finish_one each), in id order: the lock order.
 create or replace function workflow.finish_jobs(p_jobs jsonb)
 returns table (job_id uuid, status text)
 language plpgsql
@@ -483,34 +521,15 @@ set search_path = ''
 as $$
 declare
   r record;
-  v_result jsonb;
-  v_status text;
 begin
-  for r in
-    select (e ->> 'job_id')::uuid as job_id, e ? 'error' as failed, e ->> 'error' as error,
-           e -> 'final_result' as final_result
-    from jsonb_array_elements(p_jobs) e
-    order by 1
-  loop
-    job_id := r.job_id;
-    if r.failed then
-      select j.status into v_status from workflow.jobs j where j.id = r.job_id for update;
-      status := null;
-      if v_status = 'running' then  -- not one another finisher has ended meanwhile
-        perform workflow.fail_job(r.job_id, r.error);
-        status := 'failed';
-      end if;
-    else
-      v_result := workflow.finish_job(r.job_id, r.final_result);
-      status := case when (v_result ->> 'accepted')::boolean then v_result ->> 'status' end;
-    end if;
+  for r in select (e ->> 'job_id')::uuid as id, e from jsonb_array_elements(p_jobs) e order by 1 loop
+    job_id := r.id;
+    status := workflow.finish_one(r.id, r.e);
     return next;
   end loop;
 end
 $$;
 
--- Cancel a job for its owner (cancel-job passes the user it verified); another
--- user's job is as missing as an unknown one. A finished job stays as it is.
 create or replace function workflow.cancel_job(p_job_id uuid, p_user_id uuid) returns jsonb
 language plpgsql
 set search_path = ''

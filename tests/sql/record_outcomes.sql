@@ -1,6 +1,6 @@
 -- record_outcomes: a batch of outcomes in one call, each fenced by its own lease.
 begin;
-select plan(7);
+select plan(11);
 
 \set uid '00000000-0000-4000-8000-00000000b001'
 insert into auth.users (id, email) values (:'uid', 'batch@example.test');
@@ -37,6 +37,29 @@ select is((select status from workflow.job_steps where job_id = :'j3'), 'running
 select ok((select finish::jsonb ->> 'input_data' = '{"n": 1}' from recorded where job_id = :'j1'),
           'the step that ends its job carries what finishing needs');
 select is((select finish from recorded where job_id = :'j2'), null, 'the others carry nothing');
+
+
+-- A last step sent with what its final result is built from finishes its job in the
+-- same call: `final` from the executor, a result or an error.
+select workflow.start_job(:'uid', 'tap-batch', 1, '{"n": 4}') ->> 'job_id' as j4 \gset
+select workflow.start_job(:'uid', 'tap-batch', 1, '{"n": 5}') ->> 'job_id' as j5 \gset
+update workflow.job_steps set next_attempt_at = '-infinity' where job_id in (:'j4', :'j5');
+create temp table leases2 as select job_id, lease_token, payload from workflow.claim_steps(2)
+  where job_id in (:'j4', :'j5');
+create temp table finished as
+  select * from workflow.record_outcomes((select jsonb_agg(jsonb_build_object(
+    'job_id', job_id, 'step_id', 'a', 'lease_token', lease_token, 'output', '{"v": 1}'::jsonb,
+    'final', case when job_id = :'j4' then '{"final_result": {"v": 1}}'::jsonb
+                  else '{"error": "output mapping: no such path"}'::jsonb end))
+    from leases2));
+select ok((select bool_and(payload::jsonb -> 'output_mapping' = '"$.steps.a.output"') from leases2),
+          'the claim of a job''s last unfinished step carries its output mapping');
+select is((select job_status || ' ' || coalesce(finish, '-') from finished where job_id = :'j4'),
+          'completed -', 'a final result finishes the job in the same call, nothing left to finish');
+select is((select status || ' ' || final_result::text from workflow.jobs where id = :'j4'),
+          'completed {"v": 1}', 'with that result stored');
+select is((select status || ': ' || error_message from workflow.jobs where id = :'j5'),
+          'failed: output mapping: no such path', 'a final error fails the job');
 
 select * from finish();
 rollback;

@@ -32,7 +32,7 @@ chaos: setup
 
 lint: setup
 	@$(PY) -m ruff check .
-	@$(PY) -m mypy shared stack tests bench
+	@$(PY) -m mypy shared stack tests bench testkit
 	@for f in functions/*/app.py; do $(PY) -m mypy "$$f" | grep -v "^Success" || true; done
 
 # Benchmarks on their own stack (.stack-bench/, ports 55421-55425), ours interleaved with the

@@ -17,7 +17,7 @@ and meanwhile injects, every few seconds, one of:
 - stale             expire a running step's lease, let recovery retry it, and deliver the
                     attempt with its old token: it must be refused as stale.
 
-A stand-in for pg_cron runs short orchestrator passes back to back (tests.faults.Driver).
+A stand-in for pg_cron runs short orchestrator passes back to back (testkit.orchestrators.Driver).
 At the end every job must be terminal: completed, or failed with a reason (the
 `doomed` workflow always fails; the others may fail only once a step's retries are
 exhausted), no step output recorded twice, and every job's event log gap-free and
@@ -34,7 +34,6 @@ import os
 import random
 import re
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -50,8 +49,22 @@ import httpx
 from stack import postgres, supervisor
 from stack.config import REPO, StackConfig
 from stack.secrets import load
-from tests import faults
-from tests.conftest import Stack, User
+from testkit import faults
+from testkit.invariants import Findings, check_invariants
+from testkit.jobs import StartFailed, start_job, start_job_quietly, wait_terminal
+from testkit.orchestrators import Driver, ExternalOrchestrator
+from testkit.receiver import Receiver, webhook_receiver
+from testkit.stack import Stack, User, stack_cli, unlimited_starts
+from testkit.workflows import (
+    FAST_RETRY,
+    STEP_TIMEOUT_S,
+    chain,
+    create_workflow,
+    diamond,
+    doomed,
+    failing_transformer,
+    webhook_transformer,
+)
 
 PORT_BASE = 61421
 # (workflow kind, weight): mostly cheap chains, a diamond with a slow webhook, some doomed.
@@ -77,8 +90,7 @@ def own_stack(keep: bool, concurrency: int) -> Iterator[Stack]:
          "SUPAFLOW_GEMINI_PORT"))}
     env = {**os.environ, "SUPAFLOW_STATE_DIR": str(state), **ports,
            "SUPAFLOW_LOCAL_CONCURRENCY": str(concurrency)}
-    up = subprocess.run([sys.executable, "-m", "stack", "up"], cwd=REPO, env=env, capture_output=True,
-                        text=True, timeout=300, check=False)
+    up = stack_cli("up", env=env, timeout=300)
     if up.returncode != 0:
         raise SystemExit(f"the chaos stack did not start:\n{up.stdout}\n{up.stderr}")
     cfg = StackConfig(state, api_port=PORT_BASE, db_port=PORT_BASE + 1, rest_port=PORT_BASE + 2,
@@ -86,8 +98,7 @@ def own_stack(keep: bool, concurrency: int) -> Iterator[Stack]:
     try:
         yield Stack(cfg, load(cfg.secrets_file))
     finally:
-        subprocess.run([sys.executable, "-m", "stack", "down"], cwd=REPO, env=env, capture_output=True,
-                       timeout=300, check=False)
+        stack_cli("down", env=env, timeout=300)
         if keep:
             print(f"stack state kept in {state}")
         else:
@@ -120,14 +131,15 @@ class Soak:
 
     # Setup and load -----------------------------------------------------------------
 
-    def setup(self, receiver: faults.Receiver) -> User:
+    def setup(self, receiver: Receiver) -> User:
         user = self.user = self.stack.create_user()
-        faults.unlimited_starts(self.stack, user)
-        hook = faults.webhook_transformer(self.stack, receiver.url("/slow/400"))
-        definitions = {"chain3": faults.chain(3), "chain6": faults.chain(6),
-                       "diamond": faults.diamond(hook, hook_timeout_s=3),
-                       "doomed": faults.doomed(faults.failing_transformer(self.stack))}
-        self.workflows = {kind: faults.create_workflow(self.stack, d, prefix=f"chaos-{kind}")
+        unlimited_starts(self.stack, user)
+        hook = webhook_transformer(self.stack, receiver.url("/slow/400"))
+        definitions = {"chain3": chain(3, timeout_s=STEP_TIMEOUT_S, retry=FAST_RETRY),
+                       "chain6": chain(6, timeout_s=STEP_TIMEOUT_S, retry=FAST_RETRY),
+                       "diamond": diamond(hook, hook_timeout_s=3),
+                       "doomed": doomed(failing_transformer(self.stack))}
+        self.workflows = {kind: create_workflow(self.stack, d, prefix=f"chaos-{kind}")
                           for kind, d in definitions.items()}
         return user
 
@@ -138,9 +150,9 @@ class Soak:
         def start(i: int) -> None:
             with httpx.Client() as http:
                 try:
-                    job = faults.start_job(http, self.stack, user, self.workflows[kinds[i]], {"n": i},
-                                           key=f"chaos-{i}", deadline_s=120, retries=self.start_retries)
-                except faults.StartFailed as exc:
+                    job = start_job(http, self.stack, user, self.workflows[kinds[i]], {"n": i},
+                                    key=f"chaos-{i}", deadline_s=120, retries=self.start_retries)
+                except StartFailed as exc:
                     with self.lock:
                         self.violations.append(f"start {i} ({kinds[i]}) never succeeded: {exc}")
                     return
@@ -200,15 +212,15 @@ class Soak:
 
     def kill_orchestrator(self) -> str:
         with faults.dispatch_proxy(self.stack.api_url) as proxy:
-            external = faults.ExternalOrchestrator(self.stack.cfg, budget_s=60, passes=4, base_url=proxy.url)
+            external = ExternalOrchestrator(self.stack.cfg, budget_s=60, passes=4, base_url=proxy.url)
             try:
                 external.wait_ready(timeout=90)
                 # A few jobs started over RPC (no kick), so these passes have something to dispatch.
                 assert self.user is not None
                 with httpx.Client() as http:
                     for _ in range(4):
-                        job = faults.start_job_quietly(http, self.stack, self.user, self.workflows["chain3"],
-                                                       {"n": -1})
+                        job = start_job_quietly(http, self.stack, self.user, self.workflows["chain3"],
+                                                {"n": -1})
                         with self.lock:
                             self.jobs[job] = "chain3"
                 deadline = time.monotonic() + 8
@@ -259,10 +271,10 @@ class Soak:
 
     # Checks and report ------------------------------------------------------------------
 
-    def check(self) -> faults.Findings:
+    def check(self) -> Findings:
         ids = list(self.jobs)
         doomed = [j for j, k in self.jobs.items() if k == "doomed"]
-        found = faults.check_invariants(self.stack, ids, must_fail=doomed)
+        found = check_invariants(self.stack, ids, must_fail=doomed)
         for job_id, error in self.stack.sql(
                 "select id::text, error_message from workflow.jobs where id = any(%s::uuid[])"
                 " and status = 'failed'", (ids,)):
@@ -277,7 +289,7 @@ class Soak:
                                      f"retries: {error}")
         return found
 
-    def report(self, found: faults.Findings, settled: float | None, driver: faults.Driver) -> int:
+    def report(self, found: Findings, settled: float | None, driver: Driver) -> int:
         print("\n=== chaos soak report ===")
         kinds = Counter(self.jobs.values())
         print(f"workflows started: {len(self.jobs)} ({dict(kinds)})")
@@ -312,8 +324,8 @@ def run(args: argparse.Namespace) -> int:
     rng = random.Random(args.seed)
     budget_end = time.monotonic() + args.minutes * 60
     print(f"chaos soak: {args.workflows} workflows, seed {args.seed}, at most {args.minutes} min", flush=True)
-    with (own_stack(args.keep, args.function_concurrency) as stack, faults.receiver() as receiver,
-          faults.Driver(stack) as driver):
+    with (own_stack(args.keep, args.function_concurrency) as stack, webhook_receiver() as receiver,
+          Driver(stack) as driver):
         soak = Soak(stack, args, rng)
         log(soak.t0, f"stack up at {stack.api_url}")
         user = soak.setup(receiver)
@@ -328,7 +340,7 @@ def run(args: argparse.Namespace) -> int:
         faults_stopped = time.monotonic()
         settled: float | None = None
         try:
-            faults.wait_terminal(stack, list(soak.jobs), max(30.0, budget_end - time.monotonic()))
+            wait_terminal(stack, list(soak.jobs), max(30.0, budget_end - time.monotonic()))
             settled = time.monotonic() - faults_stopped
         except AssertionError as exc:
             print(str(exc)[:4000])

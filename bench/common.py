@@ -1,5 +1,6 @@
-"""What every benchmark shares: its own stack, users and workflows, a lean HTTP client,
-CPU accounting per component, statistics and result files.
+"""What every benchmark shares: its own stack, a lean HTTP client, CPU accounting per
+component, statistics and result files. Users, workflows and the stack handle come from
+testkit, as the tests' do.
 
 The benchmarks never touch the default stack (ports 54321-54325, `.stack/`): they run
 on their own, in `.stack-bench/` on ports 55421-55425, started here when it is not
@@ -19,21 +20,17 @@ import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from psycopg.types.json import Jsonb
-
-from shared.definitions import normalise
 from stack import supervisor
 from stack.config import REPO, StackConfig
 from stack.secrets import load
-from tests.conftest import Stack
+from testkit.stack import Stack, User, is_up, stack_cli, unlimited_starts
+from testkit.workflows import chain, create_workflow
 
 BENCH_DIR = REPO / "bench"
 RESULTS_DIR = BENCH_DIR / "results"
@@ -48,7 +45,6 @@ BENCH_ENV: dict[str, str] = {
     "SUPAFLOW_GEMINI_PORT": "55425",
 }
 HOST = "127.0.0.1"
-TRANSFORM = "transform"
 
 
 def bench_config() -> StackConfig:
@@ -62,13 +58,9 @@ def bench_config() -> StackConfig:
     )
 
 
-def stack_cli(command: str) -> subprocess.CompletedProcess[str]:
+def bench_stack_cli(command: str) -> subprocess.CompletedProcess[str]:
     """`python -m stack <command>` on the bench stack's state dir and ports."""
-    env = {**os.environ, **BENCH_ENV}
-    return subprocess.run(
-        [sys.executable, "-m", "stack", command], cwd=REPO, env=env, capture_output=True,
-        text=True, timeout=300, check=False,
-    )
+    return stack_cli(command, env={**os.environ, **BENCH_ENV}, timeout=300)
 
 
 def log(message: str) -> None:
@@ -78,28 +70,16 @@ def log(message: str) -> None:
 # The stack ----------------------------------------------------------------------------
 
 @dataclass
-class User:
-    id: str
-    token: str
-
-
-@dataclass
 class BenchStack(Stack):
-    """The test suite's view of a stack (keys, SQL, tokens), plus what benchmarks need."""
+    """testkit's handle on a stack (keys, SQL, tokens, users), plus what benchmarks need."""
 
     started_here: bool = False
 
     def create_users(self, n: int) -> list[User]:
-        """Users without a start rate limit (a per-user row overrides the 600/min default)."""
-        users = []
-        with self.db() as conn:
-            for _ in range(n):
-                uid = str(uuid.uuid4())
-                conn.execute("insert into auth.users (id, email) values (%s, %s)",
-                             (uid, f"bench-{uid[:8]}@example.test"))
-                conn.execute("insert into workflow.rate_limits (user_id, max_starts, window_seconds)"
-                             " values (%s, 100000000, 1)", (uid,))
-                users.append(User(uid, self.token(uid)))
+        """Users without a start rate limit: load generators start far more than 600/min."""
+        users = [self.create_user() for _ in range(n)]
+        for user in users:
+            unlimited_starts(self, user)
         return users
 
     def pid_of(self, child: str) -> int | None:
@@ -117,10 +97,6 @@ class BenchStack(Stack):
         self.sql("update cron.job set active = %s where jobname = 'supaflow-orchestrator'", (active,))
 
 
-def is_running(cfg: StackConfig) -> bool:
-    return bool(supervisor.read_pid(cfg.supervisor_pid)) and (cfg.state_dir / "ready").exists()
-
-
 def _terminate(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)  # so that `finally` blocks stop what we started
 
@@ -135,7 +111,7 @@ def bench_stack(fresh: bool = False) -> Iterator[BenchStack]:
     signal.signal(signal.SIGTERM, _terminate)
     cfg = bench_config()
     started = False
-    if is_running(cfg):
+    if is_up(cfg):
         log(f"reusing the running bench stack ({cfg.api_url}); its schema is as migrated when "
             "its cluster was created")
     else:
@@ -145,7 +121,7 @@ def bench_stack(fresh: bool = False) -> Iterator[BenchStack]:
         log(f"starting the bench stack ({cfg.api_url}, state in {cfg.state_dir}"
             f"{', new cluster' if fresh else ''})")
         code = code_version()
-        result = stack_cli("up")
+        result = bench_stack_cli("up")
         if result.returncode != 0:
             raise SystemExit(f"bench stack failed to start:\n{result.stdout}\n{result.stderr}")
         (cfg.state_dir / "stack-code.json").write_text(json.dumps(code))
@@ -155,24 +131,7 @@ def bench_stack(fresh: bool = False) -> Iterator[BenchStack]:
     finally:
         if started:
             log("stopping the bench stack")
-            stack_cli("down")
-
-
-def wait_jobs(stack: BenchStack, job_ids: Sequence[str], timeout_s: float,
-              poll_s: float = 0.25) -> dict[str, str]:
-    """Wait until every job is finished (or the timeout); returns job id -> status."""
-    deadline = time.monotonic() + timeout_s
-    status: dict[str, str] = {}
-    with stack.db() as conn:
-        while True:
-            rows = conn.execute(
-                "select id::text, status from workflow.jobs where id = any(%s::uuid[])",
-                (list(job_ids),)).fetchall()
-            status = {r[0]: r[1] for r in rows}
-            open_ = sum(1 for s in status.values() if s not in ("completed", "failed", "cancelled"))
-            if open_ == 0 or time.monotonic() > deadline:
-                return status
-            time.sleep(poll_s)
+            bench_stack_cli("down")
 
 
 def rest_headers(stack: BenchStack) -> dict[str, str]:
@@ -250,23 +209,10 @@ def cancel_all_open(stack: BenchStack) -> int:
 
 # Workflows --------------------------------------------------------------------------
 
-def chain_definition(n_steps: int) -> dict[str, Any]:
-    """n `transform` (no-op) steps in a chain, each reading the previous one's output."""
-    steps: list[dict[str, Any]] = [{"id": "s1", "transformer": TRANSFORM, "inputs": {"n": "$.input.n"}}]
-    for i in range(2, n_steps + 1):
-        steps.append({"id": f"s{i}", "transformer": TRANSFORM,
-                      "inputs": {"n": f"$.steps.s{i - 1}.output.n"}})
-    return {"steps": steps, "output": {"n": f"$.steps.s{n_steps}.output.n"}}
-
-
 def ensure_chain_workflow(stack: BenchStack, n_steps: int) -> str:
-    wid = f"bench-transform-{n_steps}"
-    stack.sql(
-        "insert into workflow.workflows (id, description, definition) values (%s, %s, %s)"
-        " on conflict (id) do update set definition = excluded.definition, is_active = true",
-        (wid, f"benchmark: {n_steps} no-op transform step(s)", Jsonb(normalise(chain_definition(n_steps)))),
-    )
-    return wid
+    """The n-step no-op chain under a fixed id, replaced in place: runs and benchmarks share it."""
+    return create_workflow(stack, chain(n_steps), workflow_id=f"bench-transform-{n_steps}",
+                           description=f"benchmark: {n_steps} no-op transform step(s)")
 
 
 # A lean HTTP/1.1 client ---------------------------------------------------------------

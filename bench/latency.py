@@ -25,7 +25,6 @@ from bench.common import (
     BenchStack,
     CpuMeter,
     RawHttp,
-    User,
     bench_stack,
     cancel_open_jobs,
     ensure_chain_workflow,
@@ -36,6 +35,8 @@ from bench.common import (
     write_result,
 )
 from bench.throughput import start_jobs
+from testkit.jobs import TERMINAL
+from testkit.stack import User
 
 PROBE_STEPS = 3
 
@@ -76,7 +77,7 @@ def unloaded_run(stack: BenchStack, user: User, workflow_id: str, probes: int,
                         "select status, extract(epoch from completed_at)::float8,"
                         " extract(epoch from completed_at - created_at)::float8"
                         " from workflow.jobs where id = %s", (job_id,), prepare=True).fetchone()
-                    if row and row[0] in ("completed", "failed", "cancelled"):
+                    if row and row[0] in TERMINAL:
                         break
                     await asyncio.sleep(0.002)
                 seen = time.time()
@@ -163,7 +164,7 @@ def loaded_run(stack: BenchStack, users: list[User], probe_user: User, load_wf: 
             rows = conn.execute(
                 "select id::text, status, extract(epoch from completed_at)::float8"
                 " from workflow.jobs where id = any(%s::uuid[])", (ids,)).fetchall()
-            unfinished = sum(1 for r in rows if r[1] not in ("completed", "failed", "cancelled"))
+            unfinished = sum(1 for r in rows if r[1] not in TERMINAL)
             if unfinished == 0 or time.time() > t0 + cap_s:
                 break
             time.sleep(0.25)

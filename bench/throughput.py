@@ -32,7 +32,6 @@ from bench.common import (
     BenchStack,
     CpuMeter,
     RawHttp,
-    User,
     bench_stack,
     calls_delta,
     cancel_open_jobs,
@@ -46,6 +45,7 @@ from bench.common import (
     summary_ms,
     write_result,
 )
+from testkit.stack import User
 
 TRIVIAL_RPC = "/rpc/retry_delay"
 TRIVIAL_BODY = b'{"p_retry": {}, "p_attempt": 1}'

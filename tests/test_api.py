@@ -18,8 +18,9 @@ from postgrest.exceptions import APIError
 from shared import db
 from shared.settings import settings
 from stack.config import REPO
-from tests.api_client import Api
-from tests.conftest import Stack, User, create_workflow
+from testkit.api import Api
+from testkit.stack import Stack, User
+from testkit.workflows import create_workflow
 
 NAMED_INPUT = {
     "steps": [{"id": "only", "transformer": "transform", "inputs": {"name": "$.input.name"}}],

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.api_client import Api
-from tests.conftest import Stack, create_workflow
-from tests.engine import wait_job
+from testkit.api import Api
+from testkit.jobs import wait_job
+from testkit.stack import Stack
+from testkit.workflows import create_workflow
 
 NAMED = {
     "steps": [{"id": "only", "transformer": "transform", "inputs": {"name": "$.input.name"}}],

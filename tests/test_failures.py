@@ -6,7 +6,7 @@ fault hits) and which must complete, and a workflow whose middle step always
 fails and which must end `failed` with a reason once its retries are spent.
 Then it injects one fault, lets orchestrator passes run (a `Driver` stands in
 for pg_cron's one-minute tick), and checks the invariants of
-`tests.faults.check_invariants`: every job terminal, no step output recorded
+`testkit.invariants.check_invariants`: every job terminal, no step output recorded
 twice, and a gap-free event log that replays to the final rows.
 
 Faults: SIGKILL of the gateway (the executors and in-process orchestrators),
@@ -32,9 +32,22 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from tests import faults
-from tests.conftest import Stack, User
-from tests.faults import Driver, Receiver
+from testkit import faults
+from testkit.invariants import Findings, check_invariants, snapshot
+from testkit.jobs import start_job, start_job_quietly, wait_terminal
+from testkit.orchestrators import Driver, ExternalOrchestrator
+from testkit.receiver import Receiver, webhook_receiver
+from testkit.stack import Stack, User, unlimited_starts
+from testkit.workflows import (
+    FAST_RETRY,
+    STEP_TIMEOUT_S,
+    chain,
+    create_workflow,
+    diamond,
+    doomed,
+    failing_transformer,
+    webhook_transformer,
+)
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -44,13 +57,13 @@ OK_JOBS, DOOMED_JOBS, LATE_JOBS = 8, 2, 4
 @pytest.fixture(scope="module")
 def user(stack: Stack) -> User:
     person = stack.create_user()
-    faults.unlimited_starts(stack, person)
+    unlimited_starts(stack, person)
     return person
 
 
 @pytest.fixture
 def rec(stack: Stack) -> Iterator[Receiver]:
-    with faults.receiver() as receiver:
+    with webhook_receiver() as receiver:
         yield receiver
     # Whatever a test did, the stack is whole again for the tests after it.
     faults.wait_healthy(stack)
@@ -77,9 +90,9 @@ class Batch:
 
 
 def new_batch(stack: Stack, rec: Receiver, *, slow_ms: int, hook_timeout_s: int) -> Batch:
-    hook = faults.webhook_transformer(stack, rec.url(f"/slow/{slow_ms}"))
-    return Batch(faults.create_workflow(stack, faults.diamond(hook, hook_timeout_s=hook_timeout_s)),
-                 faults.create_workflow(stack, faults.doomed(faults.failing_transformer(stack))))
+    hook = webhook_transformer(stack, rec.url(f"/slow/{slow_ms}"))
+    return Batch(create_workflow(stack, diamond(hook, hook_timeout_s=hook_timeout_s)),
+                 create_workflow(stack, doomed(failing_transformer(stack))))
 
 
 def start_some(stack: Stack, user: User, batch: Batch, ok: int, doomed: int, *, quiet: bool = False) -> None:
@@ -89,9 +102,9 @@ def start_some(stack: Stack, user: User, batch: Batch, ok: int, doomed: int, *, 
         workflow = batch.ok_workflow if i < ok else batch.doomed_workflow
         with httpx.Client() as http:
             if quiet:
-                job = faults.start_job_quietly(http, stack, user, workflow, {"n": i})
+                job = start_job_quietly(http, stack, user, workflow, {"n": i})
             else:
-                job = faults.start_job(http, stack, user, workflow, {"n": i})
+                job = start_job(http, stack, user, workflow, {"n": i})
         with batch.lock:
             (batch.ok if i < ok else batch.doomed).append(job)
 
@@ -99,10 +112,10 @@ def start_some(stack: Stack, user: User, batch: Batch, ok: int, doomed: int, *, 
         list(pool.map(one, range(ok + doomed)))
 
 
-def settle_and_check(stack: Stack, batch: Batch, *, timeout: float = 60) -> faults.Findings:
+def settle_and_check(stack: Stack, batch: Batch, *, timeout: float = 60) -> Findings:
     with Driver(stack) as driver:
-        waited = faults.wait_terminal(stack, batch.all, timeout)
-    found = faults.check_invariants(stack, batch.all, must_complete=batch.ok, must_fail=batch.doomed)
+        waited = wait_terminal(stack, batch.all, timeout)
+    found = check_invariants(stack, batch.all, must_complete=batch.ok, must_fail=batch.doomed)
     print(f"settled {waited:.1f} s after the fault; {driver.recovered()} leases recovered by "
           f"{len(driver.passes())} driver passes; {found.summary()}")
     assert not found.violations, "\n".join(found.violations[:20])
@@ -113,7 +126,7 @@ def settle_and_check(stack: Stack, batch: Batch, *, timeout: float = 60) -> faul
     return found
 
 
-def run_with_fault(stack: Stack, user: User, rec: Receiver, fault: Callable[[], str]) -> faults.Findings:
+def run_with_fault(stack: Stack, user: User, rec: Receiver, fault: Callable[[], str]) -> Findings:
     """Start a batch, inject `fault` while hooks are in flight and more jobs are starting, settle, check."""
     batch = new_batch(stack, rec, slow_ms=3000, hook_timeout_s=5)
     start_some(stack, user, batch, OK_JOBS, DOOMED_JOBS)
@@ -147,7 +160,7 @@ def test_orchestrator_killed_mid_dispatch(stack: Stack, user: User, rec: Receive
         # Passes in a process of their own dispatch through a proxy that holds every dispatch,
         # and die with them in flight. The jobs start over RPC, so no kick starts another pass
         # (pg_cron's passes are paused; those still running from earlier starts may take a share).
-        external = faults.ExternalOrchestrator(stack.cfg, budget_s=60, passes=6, base_url=proxy.url)
+        external = ExternalOrchestrator(stack.cfg, budget_s=60, passes=6, base_url=proxy.url)
         try:
             external.wait_ready()
             start_some(stack, user, batch, OK_JOBS * 2, DOOMED_JOBS, quiet=True)
@@ -197,12 +210,12 @@ def test_postgrest_restarts_mid_run(stack: Stack, user: User, rec: Receiver) -> 
 
 def test_duplicate_and_stale_deliveries(stack: Stack, user: User, rec: Receiver,
                                         http: httpx.Client) -> None:
-    hold = faults.webhook_transformer(stack, rec.url("/hold"))
-    workflow = faults.create_workflow(stack, faults.diamond(hold, hook_timeout_s=20))
+    hold = webhook_transformer(stack, rec.url("/hold"))
+    workflow = create_workflow(stack, diamond(hold, hook_timeout_s=20))
     twice_key, stale_key = "twice", "stale"
     jobs: dict[str, str] = {}
     for name in (twice_key, stale_key):
-        jobs[name] = faults.start_job(http, stack, user, workflow, {"n": len(jobs)})
+        jobs[name] = start_job(http, stack, user, workflow, {"n": len(jobs)})
         rec.hold(jobs[name])
 
     with Driver(stack):
@@ -219,14 +232,14 @@ def test_duplicate_and_stale_deliveries(stack: Stack, user: User, rec: Receiver,
             rec.release(job)
             outcomes = [a.result(60)["outcome"] for a in answers]
         assert sorted(outcomes) in (["stale", "stale"], ["completed", "stale"]), outcomes
-        faults.wait_terminal(stack, [job], 30)
+        wait_terminal(stack, [job], 30)
         (output,), = stack.sql("select output from workflow.job_steps where job_id = %s"
                                " and step_id = 'hook'", (job,))
         assert output["response"]["serial"] in {d.serial for d in rec.of(job, "hook", 1)}
         # ... and once more after the job completed: refused, nothing changes.
-        before = faults.snapshot(stack, job)
+        before = snapshot(stack, job)
         assert faults.deliver(stack, route, payload)["outcome"] == "stale"
-        assert faults.snapshot(stack, job) == before
+        assert snapshot(stack, job) == before
 
         # 2. A delivery with the token of a lease that has moved on to a new attempt.
         job = jobs[stale_key]
@@ -242,17 +255,17 @@ def test_duplicate_and_stale_deliveries(stack: Stack, user: User, rec: Receiver,
         rec.release(job, attempt=1)  # the first attempt's own executor now records, late
         rec.wait_for(lambda: rec.in_flight() == 1, 20, "the first attempt's webhook to return")
         time.sleep(0.5)
-        before = faults.snapshot(stack, job)
+        before = snapshot(stack, job)
         assert faults.deliver(stack, route, old_payload)["outcome"] == "stale"
         failing = faults.step_payload(stack, job, "hook", old.lease_token, 1, {"url": rec.url("/fail")})[1]
         assert faults.deliver(stack, route, failing)["outcome"] == "stale"
-        assert faults.snapshot(stack, job) == before
+        assert snapshot(stack, job) == before
         assert faults.step_row(stack, job, "hook") == current
         rec.release(job)
-        faults.wait_terminal(stack, [job], 30)
+        wait_terminal(stack, [job], 30)
 
     ids = list(jobs.values())
-    found = faults.check_invariants(stack, ids, must_complete=ids)
+    found = check_invariants(stack, ids, must_complete=ids)
     assert not found.violations, "\n".join(found.violations)
     (attempt, output), = stack.sql("select attempt, output from workflow.job_steps where job_id = %s"
                                    " and step_id = 'hook'", (jobs[stale_key],))
@@ -263,17 +276,17 @@ def test_duplicate_and_stale_deliveries(stack: Stack, user: User, rec: Receiver,
 
 def test_the_invariant_check_sees_corruption(stack: Stack, user: User, http: httpx.Client) -> None:
     """The checks above are only worth something if they can fail: corrupt one finished job."""
-    workflow = faults.create_workflow(stack, faults.chain(2))
-    job = faults.start_job(http, stack, user, workflow, {"n": 1})
+    workflow = create_workflow(stack, chain(2, timeout_s=STEP_TIMEOUT_S, retry=FAST_RETRY))
+    job = start_job(http, stack, user, workflow, {"n": 1})
     with Driver(stack):
-        faults.wait_terminal(stack, [job], 30)
-    assert not faults.check_invariants(stack, [job], must_complete=[job]).violations
+        wait_terminal(stack, [job], 30)
+    assert not check_invariants(stack, [job], must_complete=[job]).violations
     try:
         stack.sql("delete from workflow.job_events where job_id = %s and seq = 2", (job,))
         stack.sql("select workflow.append_event(%s, 'step_completed', 's1', 1, 'running', 'completed')",
                   (job,))
         stack.sql("update workflow.jobs set status = 'running' where id = %s", (job,))
-        problems = "\n".join(faults.check_invariants(stack, [job], must_complete=[job]).violations)
+        problems = "\n".join(check_invariants(stack, [job], must_complete=[job]).violations)
     finally:
         stack.sql("delete from workflow.jobs where id = %s", (job,))
     for expected in ("not completed or failed", "without gaps", "recorded its output 2 times",

@@ -11,7 +11,7 @@ a schema-driven fuzzer does not try: raw bytes, broken JSON, hostile cursors,
 odd Authorization headers.
 
 For every request: no 5xx, no stack trace in the body, JSON that matches the
-documented response for that status (tests.api_client.Api.check), and no row
+documented response for that status (testkit.api.Api.check), and no row
 written when the request is refused (jobs, job_steps and job_created events of the
 fuzzing user, counted before and after).
 
@@ -42,9 +42,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests import faults
-from tests.api_client import Api, load_openapi
-from tests.conftest import Stack, User, create_workflow
+from testkit.api import Api, load_openapi
+from testkit.jobs import start_job_quietly
+from testkit.stack import Stack, User, unlimited_starts
+from testkit.workflows import create_workflow
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -283,11 +284,11 @@ class Fuzz:
 @pytest.fixture(scope="module")
 def fuzz(stack: Stack) -> Iterator[Fuzz]:
     user = stack.create_user()
-    faults.unlimited_starts(stack, user)
+    unlimited_starts(stack, user)
     workflow = create_workflow(stack, WORKFLOW, prefix="fuzz")
     api = Api(stack.api_url)
     with httpx.Client() as http:
-        jobs = [faults.start_job_quietly(http, stack, user, workflow, {"name": f"seed-{i}"})
+        jobs = [start_job_quietly(http, stack, user, workflow, {"name": f"seed-{i}"})
                 for i in range(3)]
     yield Fuzz(stack, api, user, workflow, jobs)
     api.http.close()

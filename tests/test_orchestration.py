@@ -23,18 +23,12 @@ from shared.executors.webhook_call import verify_signature
 from shared.orchestrator import Knobs, PassSummary, run_pass
 from stack.demo import run as run_demo
 from stack.demo import sine_wav
-from tests.api_client import Api
-from tests.conftest import Stack, create_workflow
-from tests.engine import (
-    add_transformer,
-    assert_consistent_log,
-    events,
-    failing_transform,
-    run_workflow,
-    start,
-    wait_job,
-    wait_status,
-)
+from testkit import faults
+from testkit.api import Api
+from testkit.invariants import assert_consistent_log
+from testkit.jobs import events, run_workflow, start, wait_job, wait_status
+from testkit.stack import Stack
+from testkit.workflows import add_transformer, create_workflow, failing_transformer, webhook_transformer
 
 FAST_RETRY = {"max_retries": 3, "initial_delay_s": 0.05, "max_delay_s": 0.2, "jitter": 0}
 
@@ -65,7 +59,7 @@ def test_a_dag_runs_to_completion_without_cron(stack: Stack, api: Api, no_cron: 
 
 
 def test_retryable_failures_are_retried_with_backoff(stack: Stack, api: Api) -> None:
-    flaky = failing_transform(stack, attempts=2)
+    flaky = failing_transformer(stack, attempts=2)
     definition = {"retry": FAST_RETRY, "steps": [
         {"id": "flaky", "transformer": flaky, "inputs": {"x": "$.input.x"}}]}
     _, job = run_workflow(stack, api, definition, {"x": 1})
@@ -82,11 +76,11 @@ def test_retryable_failures_are_retried_with_backoff(stack: Stack, api: Api) -> 
 
 
 def test_a_permanent_failure_fails_the_job_and_cancels_the_rest(stack: Stack, api: Api) -> None:
-    broken = failing_transform(stack, attempts=99, retryable=False, message="bad input file")
+    broken = failing_transformer(stack, attempts=99, retryable=False, message="bad input file")
     definition = {"steps": [
         {"id": "a", "transformer": "transform", "inputs": {}},
         {"id": "bad", "transformer": broken, "depends_on": ["a"], "inputs": {}},
-        {"id": "slow", "transformer": failing_transform(stack, 99), "depends_on": ["a"],
+        {"id": "slow", "transformer": failing_transformer(stack, 99), "depends_on": ["a"],
          "retry": {"max_retries": 5, "initial_delay_s": 30}, "inputs": {}},
         {"id": "after", "transformer": "transform", "depends_on": ["bad", "slow"], "inputs": {}},
     ]}
@@ -101,7 +95,7 @@ def test_a_permanent_failure_fails_the_job_and_cancels_the_rest(stack: Stack, ap
 
 
 def test_exhausted_retries_fail_the_job(stack: Stack, api: Api) -> None:
-    always = failing_transform(stack, attempts=99, message="upstream 503")
+    always = failing_transformer(stack, attempts=99, message="upstream 503")
     definition = {"steps": [{"id": "s", "transformer": always, "inputs": {},
                              "retry": {**FAST_RETRY, "max_retries": 1}}]}
     _, job = run_workflow(stack, api, definition, {})
@@ -204,7 +198,7 @@ def test_a_job_keeps_the_definition_version_it_started_with(stack: Stack, api: A
 
 
 def test_users_cancel_only_their_own_jobs(stack: Stack, api: Api) -> None:
-    slow = failing_transform(stack, attempts=99)
+    slow = failing_transformer(stack, attempts=99)
     user, other = stack.create_user(), stack.create_user()
     wid = create_workflow(stack, {"steps": [{"id": "s", "transformer": slow, "inputs": {},
                                              "retry": {"max_retries": 5, "initial_delay_s": 30}}]})
@@ -283,9 +277,7 @@ def test_webhook_call_is_signed_and_verifiable(stack: Stack, api: Api) -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        hook = add_transformer(stack, "webhook_call", "execute-webhook-call", {
-            "url": f"http://127.0.0.1:{server.server_address[1]}/hook",
-            "secret_env_var": "SUPAFLOW_WEBHOOK_SECRET"})
+        hook = webhook_transformer(stack, f"http://127.0.0.1:{server.server_address[1]}/hook")
         _, job = run_workflow(stack, api, {"steps": [
             {"id": "notify", "transformer": hook,
              "inputs": {"body": {"order": "$.input.order", "note": "order {{ $.input.order }}"}}}
@@ -304,8 +296,7 @@ def test_webhook_call_is_signed_and_verifiable(stack: Stack, api: Api) -> None:
 
 
 def test_download_refuses_metadata_addresses_and_oversized_files(stack: Stack, api: Api) -> None:
-    small = add_transformer(stack, "http_download", "execute-http-download",
-                            {"bucket": "tests", "max_bytes": 1000})
+    small = add_transformer(stack, "http_download", {"bucket": "tests", "max_bytes": 1000})
     _, job = run_workflow(stack, api, {"steps": [
         {"id": "dl", "transformer": small, "inputs": {"url": "$.input.url"}}]},
         {"url": "http://169.254.169.254/latest/meta-data/"})
@@ -390,7 +381,7 @@ def test_a_three_step_job_completes_in_under_a_second(
 def test_retry_delays_follow_the_policy(stack: Stack, api: Api) -> None:
     policy = {"max_retries": 3, "initial_delay_s": 0.3, "multiplier": 2, "max_delay_s": 10,
               "jitter": 0.2}
-    flaky = failing_transform(stack, attempts=2)
+    flaky = failing_transformer(stack, attempts=2)
     _, job = run_workflow(stack, api, {"steps": [
         {"id": "s", "transformer": flaky, "inputs": {}, "retry": policy}]}, {})
     assert job["status"] == "completed" and job["steps"][0]["attempt"] == 3
@@ -477,9 +468,7 @@ def _pass_waiting_on_a_slow_step(stack: Stack) -> Iterator[tuple[str, Future[Pas
     threading.Thread(target=server.serve_forever, daemon=True).start()
     _HeldReceiver.arrived.clear()
     _HeldReceiver.release.clear()
-    hook = add_transformer(stack, "webhook_call", "execute-webhook-call", {
-        "url": f"http://127.0.0.1:{server.server_address[1]}/hook",
-        "secret_env_var": "SUPAFLOW_WEBHOOK_SECRET"})
+    hook = webhook_transformer(stack, f"http://127.0.0.1:{server.server_address[1]}/hook")
     _until_no_pass_is_alive(stack)
     slow_job, _ = _pending_job(stack, step={"id": "hook", "transformer": hook, "inputs": {"body": {}}})
     with ThreadPoolExecutor(1) as pool:
@@ -567,8 +556,6 @@ def test_a_job_whose_finisher_died_is_finished_by_the_next_scheduled_pass(
 def test_an_executor_batch_records_each_step_on_its_own_lease(stack: Stack) -> None:
     """One request, several steps: each outcome is fenced by its own lease token, so a
     stale one changes nothing and does not disturb the others."""
-    from tests import faults
-
     (first, _), (second, _) = _pending_job(stack, hold=True), _pending_job(stack, hold=True)
     leases = {job: _claim_own(stack, job)["lease_token"] for job in (first, second)}
     route, current = faults.step_payload(stack, first, "only", leases[first], 1)
@@ -612,8 +599,6 @@ def test_claimed_steps_go_one_request_per_executor() -> None:
 def test_an_executor_runs_the_steps_its_steps_made_ready(stack: Stack, no_cron: None) -> None:
     """A chain of transform steps handed to the transform executor one step at a time:
     the executor claims each next step itself and answers for all three."""
-    from tests import faults
-
     _until_no_pass_is_alive(stack)
     user = stack.create_user()
     wid = create_workflow(stack, {"steps": [

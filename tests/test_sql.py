@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from shared.definitions import DefinitionError, normalise
-from tests.conftest import Stack
+from testkit.stack import Stack
 
 # A normalised step without its id, transformer and dependencies.
 STEP_DEFAULTS = {k: v for k, v in normalise({"steps": [{"id": "x", "transformer": "x"}]})["steps"][0].items()

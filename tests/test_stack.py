@@ -28,7 +28,7 @@ from shared.definitions import normalise
 from stack import supervisor
 from stack.config import REPO
 from supabase import ClientOptions, create_client
-from tests.conftest import Stack
+from testkit.stack import Stack
 
 ONE_STEP = normalise({"steps": [{"id": "a", "transformer": "transform"}]})
 

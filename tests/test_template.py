@@ -12,7 +12,7 @@ from cfnlint.api import ManualArgs, lint_file
 
 from stack.config import REPO
 from stack.template import load_template, routes
-from tests.api_client import load_openapi
+from testkit.api import load_openapi
 
 TEMPLATE = REPO / "template.yaml"
 

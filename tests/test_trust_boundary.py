@@ -25,9 +25,10 @@ from psycopg.types.json import Jsonb
 from shared import definitions
 from shared import start as start_module
 from shared.auth import User as AuthUser
-from tests.api_client import Api
-from tests.conftest import Stack, User, create_workflow
-from tests.engine import add_transformer, run_workflow, start, wait_job
+from testkit.api import Api
+from testkit.jobs import run_workflow, start, wait_job
+from testkit.stack import Stack, User
+from testkit.workflows import add_transformer, create_workflow
 
 ECHO = {"steps": [{"id": "echo", "transformer": "transform", "inputs": {"x": "$.input.x"}}]}
 ECHO_STEP = definitions.normalise(ECHO)["steps"][0]  # as start_job copies it into job_steps
@@ -315,7 +316,7 @@ def test_an_output_over_the_bounds_fails_its_step_clearly(
 
 
 def test_an_unusable_download_url_fails_once_for_good(stack: Stack, api: Api) -> None:
-    download = add_transformer(stack, "http_download", "execute-http-download", {"bucket": "tests"})
+    download = add_transformer(stack, "http_download", {"bucket": "tests"})
     _, job = run_workflow(stack, api, {"steps": [
         {"id": "dl", "transformer": download, "inputs": {"url": "$.input.url"}}]},
         {"url": "http://0177.0.0.1/x.wav"})

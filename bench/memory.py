@@ -87,8 +87,8 @@ def kib(field):
 from shared import orchestrator
 after_import = kib("VmRSS")
 budget, concurrency, batch, base_url, out = sys.argv[1:6]
-summary = asyncio.run(orchestrator.run_pass(base_url, float(budget), concurrency=int(concurrency),
-                                            batch=int(batch)))
+knobs = orchestrator.Knobs(concurrency=int(concurrency), batch=int(batch))
+summary = asyncio.run(orchestrator.run_pass(base_url, float(budget), knobs))
 Path(out).write_text(json.dumps({
     "summary": summary.as_dict(), "rss_after_import_kib": after_import,
     "peak_rss_kib": kib("VmHWM"), "rss_at_end_kib": kib("VmRSS")}))

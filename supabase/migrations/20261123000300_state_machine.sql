@@ -4,9 +4,10 @@
 
 -- Moves a job to a new status (caller holds the job's row lock) and records it.
 -- p_current_step, when given, becomes current_step_id in the same write, also when
--- the status stays as it is. A completed job has no current step.
+-- the status stays as it is; so does p_final_result. A completed job has no current step.
 create or replace function workflow.transition_job(
-  p_job_id uuid, p_to text, p_detail jsonb default '{}'::jsonb, p_current_step text default null
+  p_job_id uuid, p_to text, p_detail jsonb default '{}'::jsonb, p_current_step text default null,
+  p_final_result jsonb default null
 ) returns void
 language plpgsql
 set search_path = ''
@@ -29,6 +30,7 @@ begin
     started_at = case when p_to = 'running' then coalesce(started_at, now()) else started_at end,
     completed_at = case when p_to in ('completed', 'failed', 'cancelled') then now() end,
     next_retry_at = case when p_to = 'awaiting_retry' then next_retry_at end,
+    final_result = coalesce(p_final_result, final_result),
     state_history = state_history || jsonb_build_array(
       jsonb_build_object('status', p_to, 'at', now()) || coalesce(p_detail, '{}'::jsonb))
   where id = p_job_id;
@@ -397,10 +399,8 @@ begin
     perform workflow.fail_job(p_job_id, 'the final result is ' || v_problem);
     return jsonb_build_object('accepted', true, 'status', 'failed');
   end if;
-  update workflow.jobs set final_result = p_final_result, current_step_id = null,
-    next_retry_at = null
-  where id = p_job_id;
-  perform workflow.transition_job(p_job_id, 'completed');
+  perform workflow.transition_job(p_job_id, 'completed',
+                                  p_final_result => coalesce(p_final_result, 'null'::jsonb));
   return jsonb_build_object('accepted', true, 'status', 'completed');
 end
 $$;

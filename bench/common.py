@@ -157,6 +157,9 @@ def settle(stack: BenchStack, max_wait_s: float = 20.0, idle_cores: float = 0.1)
 def cancel_open_jobs(stack: BenchStack, job_ids: Sequence[str]) -> int:
     """Stop what a time-capped run left behind, so it does not load the next run."""
     with stack.db() as conn:
+        # The engine's lock order: the job rows first, then their steps.
+        conn.execute("select id from workflow.jobs where id = any(%s::uuid[]) order by id for update",
+                     (list(job_ids),))
         conn.execute(
             "update workflow.job_steps set status = 'cancelled', lease_token = null,"
             " lease_expires_at = null where job_id = any(%s::uuid[])"

@@ -179,9 +179,14 @@ def enable_function_stats(stack: BenchStack) -> None:
 
 
 def function_calls(stack: BenchStack, settle_s: float = 12.0) -> dict[str, int]:
-    """Calls per function of the workflow schema. Backends flush their counts within
-    about 10 s of going idle, so this waits until two reads a second apart agree."""
-    query = ("select funcname, calls from pg_stat_user_functions where schemaname = 'workflow'")
+    """Calls per function of the workflow schema, and the row versions written to its
+    job tables (`rows written: jobs` counts inserts and updates: each is a new version
+    of a row). Backends flush their counts within about 10 s of going idle, so this
+    waits until two reads a second apart agree."""
+    query = ("select funcname, calls from pg_stat_user_functions where schemaname = 'workflow'"
+             " union all select 'rows written: ' || relname, n_tup_ins + n_tup_upd"
+             " from pg_stat_user_tables where schemaname = 'workflow'"
+             " and relname in ('jobs', 'job_steps', 'job_events')")
     deadline = time.monotonic() + settle_s
     last: dict[str, int] = {}
     with stack.db() as conn:

@@ -87,7 +87,7 @@ def kib(field):
 from shared import orchestrator
 after_import = kib("VmRSS")
 budget, concurrency, batch, base_url, out = sys.argv[1:6]
-knobs = orchestrator.Knobs(concurrency=int(concurrency), batch=int(batch))
+knobs = orchestrator.Knobs.from_settings(concurrency=int(concurrency), batch=int(batch))
 summary = asyncio.run(orchestrator.run_pass(base_url, float(budget), knobs))
 Path(out).write_text(json.dumps({
     "summary": summary.as_dict(), "rss_after_import_kib": after_import,

@@ -204,6 +204,9 @@ def print_run(label: str, run: dict[str, Any]) -> None:
         f"job latency p50 {lat['p50_ms']} ms p99 {lat['p99_ms']} ms; "
         f"unfinished at cap {run['jobs_unfinished_at_cap']}")
     log(f"  cpu ms/step: {run['cpu'].get('cpu_ms_per_step')}  cores: {run['cpu']['cores_busy']}")
+    calls = run["sql_function_calls_per_job"]
+    log("  rows written per job: " + ", ".join(
+        f"{k.removeprefix('rows written: ')} {v}" for k, v in calls.items() if k.startswith("rows")))
     log(f"  SQL function calls per job: {run['sql_function_calls_per_job']}")
 
 

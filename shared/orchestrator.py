@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import httpx
@@ -27,6 +27,7 @@ from postgrest.exceptions import APIError
 from shared import db, dispatch, state, tls
 from shared.log import logger
 from shared.protocol import MAX_BATCH, Outcome, StepOutcome
+from shared.settings import settings
 
 # Waiting for a retry that is due soon beats leaving it to the next cron tick.
 MAX_RETRY_WAIT_S = 5.0
@@ -213,6 +214,10 @@ class Pass:
                         continue
                 woken = await self.settle(min(knobs.linger_s, max(left, 0.001)),
                                           watch=self.busy() < knobs.concurrency)
+                if woken and self.inflight:
+                    # Busy: let more steps gather, so one claim, one executor request and
+                    # one recording carry several (an idle pass claims at once).
+                    await asyncio.sleep(knobs.gather_s)
         finally:
             if self.renew_at != 0.0 and self.renew_at != float("inf"):
                 try:  # a pass that fails still stops being alive, if it can
@@ -248,12 +253,20 @@ class Batch:
 
 @dataclass(frozen=True)
 class Knobs:
-    """How a pass runs (Settings: SUPAFLOW_ORCHESTRATOR_*)."""
+    """How a pass runs; the defaults are Settings' (SUPAFLOW_ORCHESTRATOR_*)."""
 
-    concurrency: int = 32  # steps in flight at once
-    batch: int = 16  # steps per claim
-    linger_s: float = 0.5  # how long an idle pass keeps polling for new steps
-    poll_s: float = 0.005  # the pause after a wake-up whose claim found nothing
+    concurrency: int  # steps in flight at once
+    batch: int  # steps per claim
+    linger_s: float  # how long an idle pass keeps waiting for new steps
+    poll_s: float  # the pause after a wake-up whose claim found nothing
+    gather_s: float  # while batches are in flight, how long new steps gather
+
+    @classmethod
+    def from_settings(cls, **overrides: Any) -> Knobs:
+        s = settings()
+        return replace(cls(concurrency=s.orchestrator_concurrency, batch=s.orchestrator_batch,
+                           linger_s=s.orchestrator_linger_s, poll_s=s.orchestrator_poll_s,
+                           gather_s=s.orchestrator_gather_s), **overrides)
 
 
 async def run_pass(base_url: str, budget_s: float, knobs: Knobs | None = None,
@@ -261,7 +274,7 @@ async def run_pass(base_url: str, budget_s: float, knobs: Knobs | None = None,
     """A kicked pass (start-workflow kicks one when no pass is alive) leaves lease recovery
     and stranded jobs to the scheduled passes, saving two RPCs."""
     started = time.monotonic()
-    knobs = knobs or Knobs()
+    knobs = knobs or Knobs.from_settings()
     limits = httpx.Limits(max_connections=knobs.concurrency + 8,
                           max_keepalive_connections=knobs.concurrency + 8)
     try:

@@ -1,4 +1,5 @@
-"""The functions' configuration, read once per process from the environment.
+"""The functions' configuration, read once per process from the environment (the only
+module that reads it).
 
 template.yaml sets these on Lambda; the local stack sets the same names.
 """
@@ -36,13 +37,21 @@ class Settings:
     max_internal_body_bytes: int = 6 * 1024 * 1024
     # An orchestrator pass: its time budget (capped by Lambda's remaining time), steps
     # in flight, steps per claim, how long it lingers idle, its pause after a wake-up
-    # whose claim found nothing.
+    # whose claim found nothing, how long new steps gather while it is busy.
     orchestrator_budget_s: float = 60.0
     orchestrator_concurrency: int = 32
     orchestrator_batch: int = 16
     orchestrator_linger_s: float = 0.5
     orchestrator_poll_s: float = 0.005
+    orchestrator_gather_s: float = 0.03
     rest_url_override: str = ""
+    # Executors: an S3-compatible endpoint other than AWS (moto, Supabase Storage),
+    # the region, a Gemini endpoint other than Google's (the local fake), and hosts
+    # an executor may reach although they resolve to private addresses (netguard).
+    s3_endpoint_url: str = ""
+    aws_region: str = "us-east-1"
+    gemini_base_url: str = ""
+    allowed_hosts: str = ""
 
     @property
     def rest_url(self) -> str:
@@ -72,5 +81,17 @@ def settings() -> Settings:
         orchestrator_batch=_int("SUPAFLOW_ORCHESTRATOR_BATCH", 16),
         orchestrator_linger_s=_float("SUPAFLOW_ORCHESTRATOR_LINGER_S", 0.5),
         orchestrator_poll_s=_float("SUPAFLOW_ORCHESTRATOR_POLL_S", 0.005),
+        orchestrator_gather_s=_float("SUPAFLOW_ORCHESTRATOR_GATHER_S", 0.03),
         rest_url_override=env.get("SUPAFLOW_REST_URL", "").rstrip("/"),
+        s3_endpoint_url=env.get("S3_ENDPOINT_URL", ""),
+        aws_region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+        gemini_base_url=env.get("GEMINI_BASE_URL", ""),
+        allowed_hosts=env.get("SUPAFLOW_ALLOWED_HOSTS", ""),
     )
+
+
+def named_secret(name: str) -> str:
+    """A secret whose environment variable a transformer's config names (a webhook's
+    HMAC secret, a Gemini key): the config holds the name, never the value. Read on
+    each use, not cached, as the name comes from data."""
+    return os.environ.get(name, "").strip()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from functools import cache
 from typing import Any, BinaryIO
 
 import boto3
 from botocore.config import Config
+
+from shared.settings import settings
 
 
 @cache
@@ -15,8 +16,8 @@ def client() -> Any:
     """One client per process; S3_ENDPOINT_URL points it at a non-AWS endpoint."""
     return boto3.client(
         "s3",
-        endpoint_url=os.environ.get("S3_ENDPOINT_URL") or None,
-        region_name=os.environ.get("AWS_REGION", os.environ.get("AWS_DEFAULT_REGION", "us-east-1")),
+        endpoint_url=settings().s3_endpoint_url or None,
+        region_name=settings().aws_region,
         config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3}),
     )
 

@@ -60,3 +60,12 @@ def function_env(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[None
     settings.cache_clear()
     yield
     settings.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def fresh_settings() -> Iterator[None]:
+    """Settings are read once per process, as on Lambda; a test that changes the
+    environment (monkeypatch.setenv in a fixture) gets them read again."""
+    settings.cache_clear()
+    yield
+    settings.cache_clear()

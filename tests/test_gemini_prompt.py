@@ -25,6 +25,7 @@ from moto.server import ThreadedMotoServer
 from shared import storage
 from shared.executors import gemini_prompt
 from shared.executors.base import StepContext, StepError
+from shared.settings import settings
 from stack.fake_gemini import create_app, fake_value
 
 MODEL = "gemini-2.5-flash"
@@ -188,6 +189,7 @@ def test_base_url_from_environment(
     fake_gemini: FakeGemini, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("GEMINI_BASE_URL", fake_gemini.base_url)
+    settings.cache_clear()  # the environment changed
     cfg = {"model": MODEL, "prompt": "hi"}
     out = gemini_prompt.execute(cfg, {}, ctx())
 

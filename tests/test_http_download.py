@@ -20,6 +20,7 @@ from moto.server import ThreadedMotoServer
 from shared import storage
 from shared.executors import http_download, netguard
 from shared.executors.base import StepContext, StepError
+from shared.settings import settings
 
 type Route = Callable[[BaseHTTPRequestHandler], None]
 
@@ -218,6 +219,7 @@ def test_allowlist_from_env(
     web: Server, s3: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(netguard.ENV_ALLOWED_HOSTS, f"localhost:{web.port}")
+    settings.cache_clear()  # the environment changed
     out = download(web.url("/media/stream.bin", host="localhost"), bucket)
     assert out["sha256"] == hashlib.sha256(BODY).hexdigest()
 

@@ -22,6 +22,7 @@ from cryptography.x509.oid import NameOID
 
 from shared.executors import netguard
 from shared.executors.base import StepError
+from shared.settings import settings
 
 type Route = Callable[[BaseHTTPRequestHandler], None]
 
@@ -230,6 +231,7 @@ def test_refuses_other_schemes(url: str) -> None:
 
 def test_allowlist_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(netguard.ENV_ALLOWED_HOSTS, " S3.local.test. ,, [::1]:9000 ")
+    settings.cache_clear()  # the environment changed
     allow = netguard.allowed_hosts("a.test, B.test:8080")
     assert allow == {"a.test", "b.test:8080", "s3.local.test", "[::1]:9000"}
     assert netguard.is_allowlisted("S3.Local.Test", 443, allow)
@@ -247,6 +249,7 @@ def test_allowlisted_host_and_port_works(target: Server) -> None:
 
 def test_allowlist_from_env(target: Server, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(netguard.ENV_ALLOWED_HOSTS, f"example.test, localhost:{target.port}")
+    settings.cache_clear()  # the environment changed
     assert get(target.url("/ok", host="localhost")).status_code == 200
 
 

@@ -473,7 +473,7 @@ def _pass_waiting_on_a_slow_step(stack: Stack) -> Iterator[tuple[str, Future[Pas
     slow_job, _ = _pending_job(stack, step={"id": "hook", "transformer": hook, "inputs": {"body": {}}})
     with ThreadPoolExecutor(1) as pool:
         draining = pool.submit(lambda: asyncio.run(
-            run_pass(stack.api_url, 30, Knobs(linger_s=0.5), kicked=True)))
+            run_pass(stack.api_url, 30, Knobs.from_settings(linger_s=0.5), kicked=True)))
         try:
             assert _HeldReceiver.arrived.wait(20), "the slow step was never dispatched"
             yield slow_job, draining

@@ -28,11 +28,8 @@ def _budget_s(context: Any) -> float:
 
 
 def _run_pass(event: dict[str, Any], context: Any, reason: str = "schedule") -> dict[str, int]:
-    knobs = orchestrator.Knobs(
-        concurrency=settings().orchestrator_concurrency, batch=settings().orchestrator_batch,
-        linger_s=settings().orchestrator_linger_s, poll_s=settings().orchestrator_poll_s)
     summary = asyncio.run(orchestrator.run_pass(
-        functions_url(event), _budget_s(context), knobs, kicked=reason == KICK_REASON))
+        functions_url(event), _budget_s(context), kicked=reason == KICK_REASON))
     logger.info("orchestrator pass", extra=summary.as_dict())
     return summary.as_dict()
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import mimetypes
-import os
 import re
 import tempfile
 import threading
@@ -34,6 +33,7 @@ from pydantic import ValidationError
 from shared import storage
 from shared.executors.base import StepContext, StepError
 from shared.log import logger
+from shared.settings import named_secret, settings
 
 DEFAULT_API_KEY_ENV_VAR = "GEMINI_API_KEY"
 # Base64 grows inline bytes by a third; 14 MiB stays under the 20 MB request limit.
@@ -161,7 +161,7 @@ def _api_key(config: dict[str, Any]) -> str:
     if not isinstance(env_var, str) or not ENV_VAR_NAME.match(env_var):
         raise StepError("config.api_key_env_var must be an environment variable name",
                         retryable=False)
-    key = os.environ.get(env_var, "").strip()
+    key = named_secret(env_var)
     if not key:
         raise StepError(f"the Gemini API key is missing: environment variable {env_var} "
                         "is not set (config.api_key_env_var names it)", retryable=False)
@@ -169,7 +169,7 @@ def _api_key(config: dict[str, Any]) -> str:
 
 
 def _base_url(config: dict[str, Any]) -> str | None:
-    value = config.get("base_url") or os.environ.get("GEMINI_BASE_URL") or None
+    value = config.get("base_url") or settings().gemini_base_url or None
     if value is not None and not isinstance(value, str):
         raise StepError("config.base_url must be a string", retryable=False)
     return value

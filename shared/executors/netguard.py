@@ -23,7 +23,6 @@ tests set) skip the address check; an entry is an exact hostname
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 import urllib.parse
 from collections.abc import Collection
@@ -33,6 +32,7 @@ import httpx
 
 from shared.executors.base import StepError
 from shared.log import logger
+from shared.settings import settings
 
 ENV_ALLOWED_HOSTS = "SUPAFLOW_ALLOWED_HOSTS"
 REFUSED_RULE = ("it is not a public address (private, loopback, link-local, multicast and "
@@ -82,7 +82,7 @@ def allowed_hosts(extra: Collection[str] = ()) -> frozenset[str]:
     """Normalised allowlist: `extra` (from config) plus SUPAFLOW_ALLOWED_HOSTS."""
     if isinstance(extra, str):  # a lone string is one comma-separated list, not characters
         extra = extra.split(",")
-    entries = [*extra, *os.environ.get(ENV_ALLOWED_HOSTS, "").split(",")]
+    entries = [*extra, *settings().allowed_hosts.split(",")]
     return frozenset(str(e).strip().lower().rstrip(".") for e in entries if str(e).strip())
 
 

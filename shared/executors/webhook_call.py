@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import time
 from contextlib import closing
 from typing import Any
@@ -24,6 +23,7 @@ import httpx
 
 from shared.executors import netguard
 from shared.executors.base import StepContext, StepError
+from shared.settings import named_secret
 
 DEFAULT_TIMEOUT_S = 30.0
 MAX_RESPONSE_BYTES = 64 * 1024
@@ -114,7 +114,7 @@ def _secret(config: dict[str, Any]) -> str:
     name = config.get("secret_env_var")
     if not isinstance(name, str) or not name:
         raise StepError("config 'secret_env_var' is required", retryable=False)
-    secret = os.environ.get(name)
+    secret = named_secret(name)
     if not secret:
         raise StepError(f"env var {name} (the webhook secret) is not set", retryable=False)
     return secret

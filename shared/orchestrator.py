@@ -214,10 +214,6 @@ class Pass:
                         continue
                 woken = await self.settle(min(knobs.linger_s, max(left, 0.001)),
                                           watch=self.busy() < knobs.concurrency)
-                if woken and self.inflight:
-                    # Busy: let more steps gather, so one claim, one executor request and
-                    # one recording carry several (an idle pass claims at once).
-                    await asyncio.sleep(knobs.gather_s)
         finally:
             if self.renew_at != 0.0 and self.renew_at != float("inf"):
                 try:  # a pass that fails still stops being alive, if it can
@@ -259,14 +255,12 @@ class Knobs:
     batch: int  # steps per claim
     linger_s: float  # how long an idle pass keeps waiting for new steps
     poll_s: float  # the pause after a wake-up whose claim found nothing
-    gather_s: float  # while batches are in flight, how long new steps gather
 
     @classmethod
     def from_settings(cls, **overrides: Any) -> Knobs:
         s = settings()
         return replace(cls(concurrency=s.orchestrator_concurrency, batch=s.orchestrator_batch,
-                           linger_s=s.orchestrator_linger_s, poll_s=s.orchestrator_poll_s,
-                           gather_s=s.orchestrator_gather_s), **overrides)
+                           linger_s=s.orchestrator_linger_s, poll_s=s.orchestrator_poll_s), **overrides)
 
 
 async def run_pass(base_url: str, budget_s: float, knobs: Knobs | None = None,

@@ -37,13 +37,12 @@ class Settings:
     max_internal_body_bytes: int = 6 * 1024 * 1024
     # An orchestrator pass: its time budget (capped by Lambda's remaining time), steps
     # in flight, steps per claim, how long it lingers idle, its pause after a wake-up
-    # whose claim found nothing, how long new steps gather while it is busy.
+    # whose claim found nothing.
     orchestrator_budget_s: float = 60.0
     orchestrator_concurrency: int = 32
     orchestrator_batch: int = 16
     orchestrator_linger_s: float = 0.5
     orchestrator_poll_s: float = 0.005
-    orchestrator_gather_s: float = 0.03
     rest_url_override: str = ""
     # Executors: an S3-compatible endpoint other than AWS (moto, Supabase Storage),
     # the region, a Gemini endpoint other than Google's (the local fake), and hosts
@@ -81,7 +80,6 @@ def settings() -> Settings:
         orchestrator_batch=_int("SUPAFLOW_ORCHESTRATOR_BATCH", 16),
         orchestrator_linger_s=_float("SUPAFLOW_ORCHESTRATOR_LINGER_S", 0.5),
         orchestrator_poll_s=_float("SUPAFLOW_ORCHESTRATOR_POLL_S", 0.005),
-        orchestrator_gather_s=_float("SUPAFLOW_ORCHESTRATOR_GATHER_S", 0.03),
         rest_url_override=env.get("SUPAFLOW_REST_URL", "").rstrip("/"),
         s3_endpoint_url=env.get("S3_ENDPOINT_URL", ""),
         aws_region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",

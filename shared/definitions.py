@@ -32,9 +32,12 @@ form, see `workflow.definition_problem`), and SQL reads them as they are.
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 from collections.abc import Collection
 from heapq import heapify, heappop, heappush
+from pathlib import Path
 from typing import Any, Self
 
 from jsonschema import Draft202012Validator, SchemaError
@@ -355,3 +358,24 @@ def _got(error: Any) -> str:
 
 def _truncate(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m shared.definitions workflow.json`: the definition's stored form (every
+    default written out) on stdout, for `insert into workflow.workflows`; or each
+    problem on stderr and exit status 1."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m shared.definitions DEFINITION.json (or - for stdin)", file=sys.stderr)
+        return 2
+    try:
+        text = sys.stdin.read() if args[0] == "-" else Path(args[0]).read_text(encoding="utf-8")
+        print(json.dumps(normalise(json.loads(text))))
+    except (OSError, ValueError) as exc:  # DefinitionError is a ValueError, one problem per line
+        print(str(exc), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -432,3 +432,22 @@ def test_definitions_nested_too_deeply_are_definition_errors() -> None:
         schema = {"type": "object", "properties": {"a": schema}}
     with pytest.raises(DefinitionError, match="input_schema: not a valid JSON Schema: nested too deeply"):
         parse_definition({"steps": [step("a")], "input_schema": schema})
+
+
+def test_the_command_prints_the_stored_form_or_the_problems(tmp_path: Any) -> None:
+    """`python -m shared.definitions FILE` is how a definition is prepared for an insert
+    by hand: the database accepts only the normalised form."""
+    import json
+    import subprocess
+    import sys
+
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text(json.dumps(AUDIO))
+    bad.write_text(json.dumps({"steps": [step("a", depends_on=["ghost"])]}))
+    ok = subprocess.run([sys.executable, "-m", "shared.definitions", str(good)],
+                        capture_output=True, text=True, check=False)
+    assert ok.returncode == 0 and json.loads(ok.stdout) == normalise(AUDIO)
+    refused = subprocess.run([sys.executable, "-m", "shared.definitions", str(bad)],
+                             capture_output=True, text=True, check=False)
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert "steps.0.depends_on: step 'a' depends on unknown step 'ghost'" in refused.stderr

@@ -82,14 +82,33 @@ class Pass:
 
     @staticmethod
     def batches(claimed: list[state.ClaimedStep]) -> tuple[list[Batch], list[StepOutcome]]:
-        """The claimed steps grouped into one request per executor; a step that cannot be
-        prepared is a permanent failure of its own, never the batch's."""
+        """The claimed steps grouped into requests per executor, each within MAX_BATCH
+        steps and the executor's body limit; a step that cannot be prepared, or whose
+        request alone is over the limit, is a permanent failure of its own, never the
+        batch's."""
         ready, failures = state.prepare_all(claimed)
+        room = settings().max_internal_body_bytes - len(Batch("", []).body())
         groups: dict[str, list[tuple[state.ClaimedStep, bytes]]] = {}
         for p in ready:
-            groups.setdefault(str(p.step.target_function), []).append((p.step, p.body))
-        return [Batch(target, items[i:i + MAX_BATCH]) for target, items in groups.items()
-                for i in range(0, len(items), MAX_BATCH)], failures
+            if len(p.body) > room:
+                failures.append(p.step.failed(
+                    f"the step's request is {len(p.body)} bytes, over the executor's limit of"
+                    f" {room} (its inputs are too large)", retryable=False))
+            else:
+                groups.setdefault(str(p.step.target_function), []).append((p.step, p.body))
+        batches: list[Batch] = []
+        for target, items in groups.items():
+            batch: list[tuple[state.ClaimedStep, bytes]] = []
+            size = 0
+            for item in items:
+                if batch and (len(batch) == MAX_BATCH or size + len(item[1]) > room):
+                    batches.append(Batch(target, batch))
+                    batch, size = [], 0
+                batch.append(item)
+                size += len(item[1]) + 2  # and the ", " that joins it
+            if batch:
+                batches.append(Batch(target, batch))
+        return batches, failures
 
     async def run_batch(self, batch: Batch) -> None:
         steps = batch.steps

@@ -21,6 +21,10 @@ def _float(name: str, default: float) -> float:
     return float(raw) if raw else default
 
 
+# Named here because the executors' error messages tell users to set it.
+ALLOWED_HOSTS_ENV = "SUPAFLOW_ALLOWED_HOSTS"
+
+
 @dataclass(frozen=True)
 class Settings:
     supabase_url: str
@@ -84,7 +88,7 @@ def settings() -> Settings:
         s3_endpoint_url=env.get("S3_ENDPOINT_URL", ""),
         aws_region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
         gemini_base_url=env.get("GEMINI_BASE_URL", ""),
-        allowed_hosts=env.get("SUPAFLOW_ALLOWED_HOSTS", ""),
+        allowed_hosts=env.get(ALLOWED_HOSTS_ENV, ""),
     )
 
 
@@ -92,4 +96,4 @@ def named_secret(name: str) -> str:
     """A secret whose environment variable a transformer's config names (a webhook's
     HMAC secret, a Gemini key): the config holds the name, never the value. Read on
     each use, not cached, as the name comes from data."""
-    return os.environ.get(name, "").strip()
+    return os.environ.get(name, "")

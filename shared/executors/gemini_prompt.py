@@ -161,7 +161,7 @@ def _api_key(config: dict[str, Any]) -> str:
     if not isinstance(env_var, str) or not ENV_VAR_NAME.match(env_var):
         raise StepError("config.api_key_env_var must be an environment variable name",
                         retryable=False)
-    key = named_secret(env_var)
+    key = named_secret(env_var).strip()
     if not key:
         raise StepError(f"the Gemini API key is missing: environment variable {env_var} "
                         "is not set (config.api_key_env_var names it)", retryable=False)

@@ -32,9 +32,9 @@ import httpx
 
 from shared.executors.base import StepError
 from shared.log import logger
-from shared.settings import settings
+from shared.settings import ALLOWED_HOSTS_ENV, settings
 
-ENV_ALLOWED_HOSTS = "SUPAFLOW_ALLOWED_HOSTS"
+ENV_ALLOWED_HOSTS = ALLOWED_HOSTS_ENV
 REFUSED_RULE = ("it is not a public address (private, loopback, link-local, multicast and "
                 "reserved addresses are refused)")
 MAX_REDIRECTS = 5

@@ -101,7 +101,7 @@ def _record(client: SyncPostgrestClient, outcomes: list[StepOutcome],
             if failures:
                 record_and_finish(client, failures)
             return recorded, [p.request for p in ready]
-        except (APIError, httpx.HTTPError, db.UndecodableResponse) as exc:
+        except (APIError, httpx.HTTPError) as exc:  # (nothing was recorded: retry it all)
             if delay is None:
                 logger.error("recording outcomes failed; the leases will decide",
                              extra={"steps": [o.step_id for o in outcomes], "error": str(exc)})

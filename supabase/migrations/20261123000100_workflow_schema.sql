@@ -62,6 +62,10 @@ begin
   if not p_definition ? 'output' then
     return 'output: missing';
   end if;
+  if not exists (select 1 from jsonb_array_elements(p_definition -> 'steps') e
+                 where e -> 'depends_on' = '[]'::jsonb) then
+    return 'steps: no step starts at once (depends_on: []), so no job could ever run';
+  end if;
   select array_agg(e ->> 'id') into v_ids from jsonb_array_elements(p_definition -> 'steps') e;
   for v_step, v_at in
     select e, 'steps.' || (n - 1) || '.'

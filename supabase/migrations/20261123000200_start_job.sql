@@ -103,7 +103,7 @@ set search_path = ''
 as $$
   select step ->> 'id', step ->> 'transformer',
          array(select jsonb_array_elements_text(step -> 'depends_on')),
-         step, 1 + (step -> 'retry' ->> 'max_retries')::integer
+         step, 1 + (step -> 'retry' ->> 'max_retries')::numeric::integer
   from jsonb_array_elements(p_definition -> 'steps') as e(step)
 $$;
 

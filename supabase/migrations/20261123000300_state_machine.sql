@@ -4,7 +4,8 @@
 
 -- Moves a job to a new status (caller holds the job's row lock) and records it.
 -- p_current_step, when given, becomes current_step_id in the same write, also when
--- the status stays as it is; so does p_final_result. A completed job has no current step.
+-- the status stays as it is; p_final_result is stored with a change of status (the
+-- move to completed). A completed job has no current step.
 create or replace function workflow.transition_job(
   p_job_id uuid, p_to text, p_detail jsonb default '{}'::jsonb, p_current_step text default null,
   p_final_result jsonb default null
@@ -448,9 +449,12 @@ begin
         else 'completed' end;
       finish := v_result -> 'finish' ->> 'payload';
       if finish is not null and jsonb_typeof(o.final) = 'object' then
-        -- the executor built the final result already: finish the job here
-        job_status := workflow.finish_one(o.job_id, o.final);
-        finish := null;
+        begin  -- the executor built the final result already: finish the job here
+          job_status := workflow.finish_one(o.job_id, o.final);
+          finish := null;
+        exception when others then  -- the step stays completed; finish_jobs or the sweep ends the job
+          raise warning 'record_outcomes: finishing job %: %', o.job_id, sqlerrm;
+        end;
       end if;
     exception when others then
       raise warning 'record_outcomes: job % step %: %', o.job_id, o.step_id, sqlerrm;
@@ -480,10 +484,15 @@ begin
   from workflow.record_outcomes(p_outcomes) r;
   select array_agg(distinct (r ->> 'job_id')::uuid) into v_jobs
   from jsonb_array_elements(v_recorded) r
-  where r ->> 'outcome' = 'completed' and r ->> 'finish' is null;
+  where r ->> 'outcome' = 'completed' and r ->> 'finish' is null and r ->> 'job_status' is null;
   if v_jobs is not null then
-    select jsonb_agg(to_jsonb(c)) into v_claimed
-    from workflow.claim_steps(p_limit, null, 0, v_jobs, p_target_function) c;
+    begin  -- a claim that fails leaves the outcomes recorded; the orchestrator claims instead
+      select jsonb_agg(to_jsonb(c)) into v_claimed
+      from workflow.claim_steps(p_limit, null, 0, v_jobs, p_target_function) c;
+    exception when others then
+      raise warning 'record_and_claim: claiming failed: %', sqlerrm;
+      v_claimed := null;
+    end;
   end if;
   return jsonb_build_object('recorded', v_recorded, 'claimed', coalesce(v_claimed, '[]'::jsonb));
 end
@@ -589,13 +598,15 @@ set search_path = ''
 as $$
 declare
   v_until timestamptz := clock_timestamp() + make_interval(secs => least(greatest(p_wait_s, 0), 0.2));
+  v_now timestamptz;
 begin
   loop
+    v_now := clock_timestamp();  -- a variable, so the probe is an index range, not a filter
     if exists (select 1 from workflow.job_steps
-               where status = 'ready' and next_attempt_at <= clock_timestamp()) then
+               where status = 'ready' and next_attempt_at <= v_now) then
       return true;
     end if;
-    exit when clock_timestamp() >= v_until;
+    exit when v_now >= v_until;
     perform pg_sleep(0.001);
   end loop;
   return false;

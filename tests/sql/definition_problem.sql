@@ -2,7 +2,7 @@
 -- written out, numbers within bounds, dependencies on listed steps), so no stored
 -- definition can fail a claim or a retry; the message names what is wrong.
 begin;
-select plan(9);
+select plan(10);
 
 create temp table good as select jsonb_build_object('output', '$.steps.b.output', 'steps',
   jsonb_build_array(:'step'::jsonb || '{"id": "a", "transformer": "transform", "depends_on": []}',
@@ -37,6 +37,10 @@ select throws_like($$insert into workflow.workflows (id, definition) select 'tap
 select throws_like($$update workflow.workflows set definition = definition #- '{steps,0,inputs}'
                      where id = 'tap-good'$$,
                    '%steps.0.inputs%', 'updates are checked too');
+
+select throws_like($$insert into workflow.workflows (id, definition) select 'tap-x',
+                     jsonb_set(d, '{steps,0,depends_on}', '["b"]') from good$$,
+                   '%no step starts at once%', 'a definition with no root (a cycle) could never run');
 
 select * from finish();
 rollback;

@@ -1,6 +1,6 @@
 -- record_outcomes: a batch of outcomes in one call, each fenced by its own lease.
 begin;
-select plan(11);
+select plan(12);
 
 \set uid '00000000-0000-4000-8000-00000000b001'
 insert into auth.users (id, email) values (:'uid', 'batch@example.test');
@@ -60,6 +60,15 @@ select is((select status || ' ' || final_result::text from workflow.jobs where i
           'completed {"v": 1}', 'with that result stored');
 select is((select status || ': ' || error_message from workflow.jobs where id = :'j5'),
           'failed: output mapping: no such path', 'a final error fails the job');
+
+select workflow.start_job(:'uid', 'tap-batch', 1, '{"n": 6}') ->> 'job_id' as j6 \gset
+update workflow.job_steps set next_attempt_at = '-infinity' where job_id = :'j6';
+select lease_token as t6 from workflow.claim_steps(1) where job_id = :'j6' \gset
+select workflow.record_outcomes(jsonb_build_array(jsonb_build_object(
+  'job_id', :'j6', 'step_id', 'a', 'lease_token', gen_random_uuid(), 'output', '{}'::jsonb,
+  'final', '{"final_result": "forged"}'::jsonb)));
+select is((select status || ' ' || coalesce(final_result::text, '-') from workflow.jobs
+           where id = :'j6'), 'running -', 'a stale outcome carrying a final result finishes nothing');
 
 select * from finish();
 rollback;

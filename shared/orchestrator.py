@@ -40,6 +40,8 @@ READY_WAIT_S = 0.05
 @dataclass
 class PassSummary:
     claimed: int = 0
+    claims: int = 0  # claim_steps calls, and those that found nothing
+    empty_claims: int = 0
     dispatched: int = 0
     completed: int = 0
     failed: int = 0
@@ -157,6 +159,8 @@ class Pass:
         if renew:
             self.renew_at = time.monotonic() + HEARTBEAT_S / 2
         self.summary.claimed += len(claimed)
+        self.summary.claims += limit > 0
+        self.summary.empty_claims += limit > 0 and not claimed
         batches, failures = self.batches(claimed)
         if failures:
             await self.fail(failures)
@@ -215,6 +219,10 @@ class Pass:
                         await asyncio.wait(self.inflight, timeout=2.0)
                     break
                 found = 0
+                if room <= 0 and time.monotonic() >= self.renew_at:
+                    # At its limit the pass claims nothing, but it is alive: starts must not
+                    # kick more passes (each would take `concurrency` more steps at once).
+                    await self.claim(0)
                 if room > 0:
                     limit = min(knobs.batch, room)
                     found = await self.claim(limit)
@@ -226,12 +234,13 @@ class Pass:
                         continue  # more may be waiting: claim again before waiting
                 if not self.inflight and time.monotonic() - idle_since >= knobs.linger_s:
                     due = await state.next_due_in_async(self.client)
-                    if due is None or due > min(MAX_RETRY_WAIT_S, left):
+                    # (due now, yet not claimed for linger_s: other passes hold those steps)
+                    if due is None or due <= 0 or due > min(MAX_RETRY_WAIT_S, left):
                         if await self.end():
                             break
                         idle_since = time.monotonic()
                         continue
-                woken = await self.settle(min(knobs.linger_s, max(left, 0.001)),
+                woken = await self.settle(min(knobs.linger_s, HEARTBEAT_S / 4, max(left, 0.001)),
                                           watch=self.busy() < knobs.concurrency)
         finally:
             if self.renew_at != 0.0 and self.renew_at != float("inf"):

@@ -74,7 +74,8 @@ $$;
 
 -- Claim up to p_limit runnable steps: ready, due, and not leased. Jobs are
 -- locked first (SKIP LOCKED), then their steps, so claims never wait. A pass that
--- passes its id renews its heartbeat (alive for p_alive_s more seconds) in the same call.
+-- passes its id renews its heartbeat (alive for p_alive_s more seconds) in the same call
+-- (p_limit 0: only that).
 -- An executor that just completed steps claims what they made ready for itself:
 -- p_job_ids and p_target_function narrow the claim to those jobs and that executor.
 -- What the step reads (its input mapping, the job's input and step outputs, the
@@ -100,6 +101,12 @@ begin
     insert into workflow.orchestrator_passes (id, alive_until)
     values (p_pass_id, now() + make_interval(secs => p_alive_s))
     on conflict (id) do update set alive_until = excluded.alive_until;
+    -- the kick that started a pass has been answered (kick_needed)
+    delete from workflow.orchestrator_passes
+    where id = '00000000-0000-0000-0000-000000000000';
+  end if;
+  if p_limit < 1 then
+    return;  -- the heartbeat alone: a pass at its concurrency limit is still alive
   end if;
   with candidates as (
     select s.id, s.job_id from workflow.job_steps s
@@ -569,7 +576,8 @@ as $$
 begin
   perform pg_advisory_xact_lock(hashtextextended('supaflow: a pass ends', 0));
   delete from workflow.orchestrator_passes
-  where id = p_pass_id or alive_until < now() - interval '1 minute';
+  where id in (p_pass_id, '00000000-0000-0000-0000-000000000000')
+     or alive_until < now() - interval '1 minute';
 end
 $$;
 

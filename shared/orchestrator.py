@@ -50,6 +50,7 @@ class PassSummary:
     recovered: int = 0
     jobs_finished: int = 0
     undelivered: int = 0
+    skipped: int = 0  # 1: a kicked pass that found another pass alive, and ended at once
     duration_ms: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -203,6 +204,11 @@ class Pass:
         return ready
 
     async def run(self, housekeeping_too: bool) -> PassSummary:
+        if not housekeeping_too:  # kicked: only if no other pass is alive to take the work
+            if not await state.begin_pass_async(self.client, self.pass_id, HEARTBEAT_S):
+                self.summary.skipped = 1
+                return self.summary
+            self.renew_at = time.monotonic() + HEARTBEAT_S / 2
         # Housekeeping runs beside the first claim, not before it: a kicked pass
         # should reach its job's first step in one round trip.
         housekeeping = asyncio.create_task(
@@ -293,8 +299,9 @@ class Knobs:
 
 async def run_pass(base_url: str, budget_s: float, knobs: Knobs | None = None,
                    kicked: bool = False) -> PassSummary:
-    """A kicked pass (start-workflow kicks one when no pass is alive) leaves lease recovery
-    and stranded jobs to the scheduled passes, saving two RPCs."""
+    """A kicked pass (start-workflow kicks one when no pass is alive) runs only if no other
+    pass is alive (begin_pass: a burst of starts sends a burst of kicks), and leaves lease
+    recovery and stranded jobs to the scheduled passes, saving two RPCs."""
     started = time.monotonic()
     knobs = knobs or Knobs.from_settings()
     limits = httpx.Limits(max_connections=knobs.concurrency + 8,

@@ -210,6 +210,11 @@ async def claim_steps_async(client: AsyncPostgrestClient, limit: int, pass_id: s
     return [ClaimedStep.from_row(r) for r in db.rows(response.data)]
 
 
+async def begin_pass_async(client: AsyncPostgrestClient, pass_id: str, alive_s: float) -> bool:
+    params: dict[str, Any] = {"p_pass_id": pass_id, "p_alive_s": alive_s}
+    return bool((await client.rpc("begin_pass", params).execute()).data)
+
+
 async def end_pass_async(client: AsyncPostgrestClient, pass_id: str) -> None:
     params: dict[str, Any] = {"p_pass_id": pass_id}
     await client.rpc("end_pass", params).execute()

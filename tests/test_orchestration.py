@@ -620,3 +620,23 @@ def test_an_executor_runs_the_steps_its_steps_made_ready(stack: Stack, no_cron: 
         ("s0", "completed"), ("s1", "completed"), ("s2", "completed")]
     assert stack.sql("select status, final_result from workflow.jobs where id = %s", (job_id,)) == [
         ("completed", {"n": 7})]
+
+
+def test_a_kicked_pass_ends_at_once_while_another_is_alive(
+        stack: Stack, no_cron: None, function_env: None) -> None:
+    """A burst of starts that found no pass alive sends a burst of kicks; only the first
+    pass to begin claims (the others once ran their whole budget on empty claims)."""
+    _until_no_pass_is_alive(stack)
+    other = str(uuid.uuid4())
+    stack.sql("insert into workflow.orchestrator_passes values (%s, now() + interval '60 s')",
+              (other,))
+    try:
+        job_id, _ = _pending_job(stack)
+        summary = asyncio.run(run_pass(stack.api_url, 30, Knobs.from_settings(), kicked=True))
+        assert summary.skipped == 1 and summary.claimed == 0 and summary.duration_ms < 2000
+        assert stack.sql("select status from workflow.jobs where id = %s", (job_id,))[0][0] == "pending"
+    finally:
+        stack.sql("delete from workflow.orchestrator_passes where id = %s", (other,))
+    summary = asyncio.run(run_pass(stack.api_url, 30, Knobs.from_settings(), kicked=True))
+    assert summary.skipped == 0 and summary.claimed >= 1
+    assert wait_status(stack, job_id, "completed") == "completed"

@@ -31,23 +31,9 @@ create or replace function workflow.kick_needed() returns boolean
 language plpgsql
 set search_path = ''
 as $$
-declare
-  v_kick boolean;
 begin
   perform pg_advisory_xact_lock_shared(hashtextextended('supaflow: a pass ends', 0));
-  if exists (select 1 from workflow.orchestrator_passes where alive_until > now()) then
-    return false;
-  end if;
-  -- No pass is alive: this start kicks one, and until that pass's first heartbeat
-  -- (which removes this row) other starts need not, so a burst of starts sends one
-  -- kick, not one each. If the kick is lost the row expires in 2 s, and the next
-  -- start kicks again (pg_cron is the safety net).
-  insert into workflow.orchestrator_passes (id, alive_until)
-  values ('00000000-0000-0000-0000-000000000000', now() + interval '2 seconds')
-  on conflict (id) do update set alive_until = excluded.alive_until
-    where workflow.orchestrator_passes.alive_until <= now()
-  returning true into v_kick;
-  return coalesce(v_kick, false);
+  return not exists (select 1 from workflow.orchestrator_passes where alive_until > now());
 end
 $$;
 

@@ -101,9 +101,6 @@ begin
     insert into workflow.orchestrator_passes (id, alive_until)
     values (p_pass_id, now() + make_interval(secs => p_alive_s))
     on conflict (id) do update set alive_until = excluded.alive_until;
-    -- the kick that started a pass has been answered (kick_needed)
-    delete from workflow.orchestrator_passes
-    where id = '00000000-0000-0000-0000-000000000000';
   end if;
   if p_limit < 1 then
     return;  -- the heartbeat alone: a pass at its concurrency limit is still alive
@@ -566,6 +563,29 @@ begin
 end
 $$;
 
+-- A kicked pass begins only if no other pass is alive, and then is alive itself (its
+-- heartbeat, for p_alive_s). A burst of starts that found no pass alive sends a burst
+-- of kicks: the first pass to begin takes the work, the others end at once, instead
+-- of each claiming for its whole budget. The lock makes two beginning passes take
+-- turns, so only one wins; a job a loser was kicked for is found by the winner (it
+-- committed before the kick was sent).
+create or replace function workflow.begin_pass(p_pass_id uuid, p_alive_s float8) returns boolean
+language plpgsql
+set search_path = ''
+as $$
+begin
+  perform pg_advisory_xact_lock(hashtextextended('supaflow: a pass begins', 0));
+  if exists (select 1 from workflow.orchestrator_passes
+             where alive_until > now() and id <> p_pass_id) then
+    return false;
+  end if;
+  insert into workflow.orchestrator_passes (id, alive_until)
+  values (p_pass_id, now() + make_interval(secs => p_alive_s))
+  on conflict (id) do update set alive_until = excluded.alive_until;
+  return true;
+end
+$$;
+
 -- A pass stops: once the starts that saw it alive have committed (their shared
 -- lock, kick_needed), its heartbeat goes, and the caller claims one last time.
 -- Heartbeats of passes that died without ending are cleared on the way.
@@ -576,8 +596,7 @@ as $$
 begin
   perform pg_advisory_xact_lock(hashtextextended('supaflow: a pass ends', 0));
   delete from workflow.orchestrator_passes
-  where id in (p_pass_id, '00000000-0000-0000-0000-000000000000')
-     or alive_until < now() - interval '1 minute';
+  where id = p_pass_id or alive_until < now() - interval '1 minute';
 end
 $$;
 

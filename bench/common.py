@@ -147,9 +147,9 @@ def settle(stack: BenchStack, max_wait_s: float = 20.0, idle_cores: float = 0.1)
     if not pid:
         return 0.0
     while time.monotonic() - started < max_wait_s:
-        before = _proc_cpu(pid)
+        before = proc_cpu(pid)
         time.sleep(1.0)
-        if _proc_cpu(pid) - before < idle_cores:
+        if proc_cpu(pid) - before < idle_cores:
             break
     return round(time.monotonic() - started, 1)
 
@@ -334,7 +334,7 @@ class RawHttp:
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _proc_cpu(pid: int, children: bool = False) -> float:
+def proc_cpu(pid: int, children: bool = False) -> float:
     """CPU seconds of a process (and, optionally, of its waited-for children)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -344,7 +344,7 @@ def _proc_cpu(pid: int, children: bool = False) -> float:
     return (utime + stime + ((cutime + cstime) if children else 0)) / TICK
 
 
-def _children_of(ppid: int) -> list[int]:
+def children_of(ppid: int) -> list[int]:
     try:
         raw = Path(f"/proc/{ppid}/task/{ppid}/children").read_text()
     except OSError:
@@ -352,7 +352,12 @@ def _children_of(ppid: int) -> list[int]:
     return [int(p) for p in raw.split()]
 
 
-def _machine_cpu() -> tuple[float, float]:
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process, its waited-for children and its live descendants."""
+    return proc_cpu(pid, children=True) + sum(tree_cpu(c) for c in children_of(pid))
+
+
+def machine_cpu() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine since boot."""
     values = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     total = sum(values[:8])
@@ -360,35 +365,21 @@ def _machine_cpu() -> tuple[float, float]:
     return (total - idle) / TICK, total / TICK
 
 
-class CpuMeter:
-    """CPU seconds used by each part of the bench stack between start() and stop().
+class ProcessMeter:
+    """CPU seconds of named parts between start() and stop(); `other` is what the rest
+    of the machine used. A subclass says what the parts are (`parts`, `_sample`)."""
 
-    postgres counts the postmaster, its live backends and the ones that exited
-    (the postmaster's children time); `other` is what the rest of the machine used.
-    """
+    parts: tuple[str, ...] = ()
 
-    def __init__(self, stack: BenchStack) -> None:
-        self.stack = stack
+    def __init__(self) -> None:
         self._start: dict[str, float] = {}
         self.used: dict[str, float] = {}
         self.wall_s = 0.0
         self._t0 = 0.0
 
     def _sample(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for name in ("gateway", "postgrest"):
-            pid = self.stack.pid_of(name)
-            # The gateway's worker processes are its children (SUPAFLOW_GATEWAY_WORKERS).
-            out[name] = _proc_cpu(pid) + sum(_proc_cpu(c) for c in _children_of(pid)) if pid else 0.0
-        pm = self.stack.postmaster_pid()
-        if pm:
-            out["postgres"] = _proc_cpu(pm, children=True) + sum(_proc_cpu(c) for c in _children_of(pm))
-        # This process and the children it has waited for (memory.py's orchestrator).
-        out["bench_client"] = _proc_cpu(os.getpid(), children=True)
-        busy, total = _machine_cpu()
-        out["machine_busy"] = busy
-        out["machine_total"] = total
-        return out
+        """CPU seconds so far of each part, and `machine_busy`."""
+        raise NotImplementedError
 
     def start(self) -> None:
         self._start = self._sample()
@@ -398,20 +389,47 @@ class CpuMeter:
         end = self._sample()
         self.wall_s = time.monotonic() - self._t0
         self.used = {k: end[k] - self._start.get(k, 0.0) for k in end}
-        parts = sum(self.used[k] for k in ("gateway", "postgrest", "postgres", "bench_client"))
+        parts = sum(self.used[k] for k in self.parts)
         self.used["other"] = max(0.0, self.used["machine_busy"] - parts)
         return self.used
 
     def report(self, per: float | None = None, unit: str = "step") -> dict[str, Any]:
         """Cores used by each part, and CPU ms per unit of work when `per` is given."""
         wall = max(self.wall_s, 1e-9)
-        keys = ("gateway", "postgrest", "postgres", "bench_client", "other")
+        keys = (*self.parts, "other")
         out: dict[str, Any] = {
             "wall_s": round(self.wall_s, 3),
             "cores_busy": {k: round(self.used[k] / wall, 2) for k in (*keys, "machine_busy")},
         }
         if per:
             out[f"cpu_ms_per_{unit}"] = {k: round(self.used[k] * 1000 / per, 3) for k in keys}
+        return out
+
+
+class CpuMeter(ProcessMeter):
+    """Each part of the bench stack. postgres counts the postmaster, its live backends
+    and the ones that exited (the postmaster's children time)."""
+
+    parts = ("gateway", "postgrest", "postgres", "bench_client")
+
+    def __init__(self, stack: BenchStack) -> None:
+        super().__init__()
+        self.stack = stack
+
+    def _sample(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name in ("gateway", "postgrest"):
+            pid = self.stack.pid_of(name)
+            # The gateway's worker processes are its children (SUPAFLOW_GATEWAY_WORKERS).
+            out[name] = proc_cpu(pid) + sum(proc_cpu(c) for c in children_of(pid)) if pid else 0.0
+        pm = self.stack.postmaster_pid()
+        if pm:
+            out["postgres"] = proc_cpu(pm, children=True) + sum(proc_cpu(c) for c in children_of(pm))
+        # This process and the children it has waited for (memory.py's orchestrator).
+        out["bench_client"] = proc_cpu(os.getpid(), children=True)
+        busy, total = machine_cpu()
+        out["machine_busy"] = busy
+        out["machine_total"] = total
         return out
 
 

@@ -224,11 +224,6 @@ class Pass:
                     if self.inflight:  # the executors record their outcomes themselves
                         await asyncio.wait(self.inflight, timeout=2.0)
                     break
-                found = 0
-                if room <= 0 and time.monotonic() >= self.renew_at:
-                    # At its limit the pass claims nothing, but it is alive: starts must not
-                    # kick more passes (each would take `concurrency` more steps at once).
-                    await self.claim(0)
                 if room > 0:
                     limit = min(knobs.batch, room)
                     found = await self.claim(limit)
@@ -238,6 +233,10 @@ class Pass:
                         await asyncio.sleep(knobs.poll_s)
                     if found == limit and self.busy() < knobs.concurrency:
                         continue  # more may be waiting: claim again before waiting
+                elif time.monotonic() >= self.renew_at:
+                    # At its limit the pass claims nothing, but it is alive: starts must not
+                    # kick more passes (each would take `concurrency` more steps at once).
+                    await self.claim(0)
                 if not self.inflight and time.monotonic() - idle_since >= knobs.linger_s:
                     due = await state.next_due_in_async(self.client)
                     # (due now, yet not claimed for linger_s: other passes hold those steps)

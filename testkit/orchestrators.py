@@ -22,6 +22,7 @@ import uuid
 from typing import Any
 
 from stack.config import REPO, StackConfig
+from stack.supervisor import stop_process
 from testkit.stack import Stack, stack_env
 
 
@@ -56,12 +57,7 @@ class Driver:
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+            stop_process(self.proc)
 
 
 def _spawn(cfg: StackConfig, args: list[str], log_path: Any) -> subprocess.Popen[bytes]:

@@ -27,11 +27,8 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg import sql
 
-from bench.common import log, summary_ms
+from bench.common import ProcessMeter, log, machine_cpu, proc_cpu, summary_ms, tree_cpu
 from stack.config import REPO
-
-TICK = os.sysconf("SC_CLK_TCK")
-
 
 # Databases ---------------------------------------------------------------------------
 
@@ -58,77 +55,28 @@ def own_database(cluster_url: str, dbname: str) -> Iterator[str]:
 
 # CPU per process tree -------------------------------------------------------------------
 
-def _stat(pid: int) -> list[str] | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def _cpu(pid: int, waited_children: bool = False) -> float:
-    fields = _stat(pid)
-    if fields is None:
-        return 0.0
-    utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
-    return (utime + stime + ((cutime + cstime) if waited_children else 0)) / TICK
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-def tree_cpu(pid: int) -> float:
-    """CPU seconds of a process, its waited-for children and its live descendants."""
-    return _cpu(pid, waited_children=True) + sum(tree_cpu(c) for c in _children(pid))
-
-
-def _machine_busy() -> float:
-    values = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return (sum(values[:8]) - values[3] - values[4]) / TICK
-
-
-class TreeMeter:
-    """CPU seconds of named process trees between start() and stop(), as bench.common's
-    CpuMeter does for our stack: here the peer's workers, Postgres (the postmaster and
-    every backend, live or exited) and this process (the load client)."""
+class TreeMeter(ProcessMeter):
+    """CPU seconds of named process trees, as bench.common's CpuMeter does for our stack:
+    here the peer's workers, Postgres (the postmaster and every backend, live or exited)
+    and this process (the load client)."""
 
     def __init__(self, trees: dict[str, list[int]]) -> None:
+        super().__init__()
         self.trees = trees
-        self._start: dict[str, float] = {}
-        self.used: dict[str, float] = {}
-        self.wall_s = 0.0
-        self._t0 = 0.0
+        self.parts = (*trees, "bench_client")
 
     def _sample(self) -> dict[str, float]:
         out = {name: sum(tree_cpu(p) for p in pids) for name, pids in self.trees.items()}
-        out["bench_client"] = _cpu(os.getpid())  # workers are our children: not waited for here
-        out["machine_busy"] = _machine_busy()
+        out["bench_client"] = proc_cpu(os.getpid())  # workers are our children: not waited for here
+        out["machine_busy"] = machine_cpu()[0]
         return out
 
-    def start(self) -> None:
-        self._start = self._sample()
-        self._t0 = time.monotonic()
-
-    def stop(self) -> None:
-        end = self._sample()
-        self.wall_s = time.monotonic() - self._t0
-        self.used = {k: end[k] - self._start.get(k, 0.0) for k in end}
-        parts = sum(v for k, v in self.used.items() if k != "machine_busy")
-        self.used["other"] = max(0.0, self.used["machine_busy"] - parts)
-
-    def report(self, per: float | None) -> dict[str, Any]:
-        wall = max(self.wall_s, 1e-9)
-        keys = [*self.trees, "bench_client", "other"]
-        out: dict[str, Any] = {"wall_s": round(self.wall_s, 3),
-                               "cores_busy": {k: round(self.used[k] / wall, 2)
-                                              for k in (*keys, "machine_busy")}}
+    def report(self, per: float | None = None, unit: str = "step") -> dict[str, Any]:
+        """As ProcessMeter's, with the sum of every process (`all_processes`)."""
+        out = super().report(per, unit)
         if per:
-            ms = {k: round(self.used[k] * 1000 / per, 3) for k in keys}
-            ms["all_processes"] = round(sum(ms[k] for k in keys if k != "other"), 3)
-            out["cpu_ms_per_step"] = ms
+            ms = out[f"cpu_ms_per_{unit}"]
+            ms["all_processes"] = round(sum(ms[k] for k in self.parts), 3)
         return out
 
 

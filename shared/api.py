@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
+from pydantic import ValidationError
 
 from shared.errors import ApiError, unavailable
 from shared.log import logger
@@ -95,6 +96,13 @@ class Request:
         return parsed
 
 
+def first_problem(exc: ValidationError) -> str:
+    """A request model's first complaint, naming the field: `definition: Field required`."""
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "body"
+    return f"{where}: {err['msg']}"
+
+
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -142,6 +150,19 @@ def _response(reply: Reply) -> dict[str, Any]:
 
 def error_reply(err: ApiError) -> Reply:
     return Reply(err.status, {"error": {"code": err.code, "message": err.message}}, err.headers)
+
+
+def handler_for_routes(endpoints: dict[str, Endpoint]) -> Handler:
+    """One function serving a few related routes, chosen by the route API Gateway matched
+    (its routeKey, e.g. `GET /workflows/{workflowId}`)."""
+
+    def dispatch(request: Request) -> Reply:
+        endpoint = endpoints.get(request.event.route_key)
+        if endpoint is None:
+            raise ApiError(404, "not_found", f"no route {request.event.route_key!r} here")
+        return endpoint(request)
+
+    return handler_for(dispatch)
 
 
 def handler_for(endpoint: Endpoint) -> Handler:

@@ -122,6 +122,33 @@ def verify_user(headers: dict[str, str] | None) -> User:
     return User(id=user_id, token=token, claims=claims)
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Whoever calls a route users and admins share: a user (their token and claims), or
+    the service role (no user; admin of every tenant). What a caller may do is decided
+    in SQL from `claims` (workflow.claims_*), never here."""
+
+    user: User | None
+    claims: dict[str, Any]
+
+    @property
+    def actor(self) -> str:
+        return self.user.id if self.user else SERVICE_ROLE
+
+
+SERVICE_ROLE = "service_role"
+
+
+def verify_caller(headers: dict[str, str] | None) -> Caller:
+    """A signed-in user, or a caller holding the service-role key (an admin)."""
+    token = bearer_token(headers)
+    expected = settings().service_role_key
+    if expected and hmac.compare_digest(token.encode(), expected.encode()):
+        return Caller(user=None, claims={"role": SERVICE_ROLE})
+    user = verify_user(headers)
+    return Caller(user=user, claims=user.claims)
+
+
 def verify_internal(headers: dict[str, str] | None) -> None:
     """The orchestrator and executors accept only the deployment's internal credential."""
     expected = settings().internal_token

@@ -14,6 +14,7 @@ from postgrest import AsyncPostgrestClient, SyncPostgrestClient
 from postgrest.exceptions import APIError
 
 from shared import tls
+from shared.auth import Caller
 from shared.errors import ApiError, bad_request, invalid_token, not_found, unavailable
 from shared.settings import settings
 
@@ -55,6 +56,19 @@ def _client(authorization: str | None, apikey: str) -> SyncPostgrestClient:
 def as_user(token: str) -> SyncPostgrestClient:
     """The caller's own token: Postgres RLS decides what they see."""
     return _client(token, settings().anon_key)
+
+
+def as_caller(caller: Caller) -> SyncPostgrestClient:
+    """Reads as the caller: a user under RLS, the service role unrestricted."""
+    return as_user(caller.user.token) if caller.user else as_service()
+
+
+def rpc(name: str, params: dict[str, Any]) -> Any:
+    """A service-role call of one of our SQL functions, its refusals as ApiErrors."""
+    try:
+        return as_service().rpc(name, params).execute().data
+    except APIError as exc:
+        raise api_error(exc) from exc
 
 
 def as_service() -> SyncPostgrestClient:
@@ -114,6 +128,10 @@ def api_error(exc: APIError) -> ApiError:
         return ApiError(429, "rate_limited", str(exc.message), {"Retry-After": str(retry_after)})
     if exc.code == "PT404":
         return not_found(str(exc.message))
+    if exc.code in ("PT403", "PT422"):
+        status = int(exc.code[2:])
+        default = "forbidden" if status == 403 else "unprocessable"
+        return ApiError(status, str(exc.details) if exc.details else default, str(exc.message))
     if exc.code in ("PT401", "PGRST301", "PGRST302"):
         return invalid_token(str(exc.message))
     if str(exc.code).isascii() and str(exc.code).isdigit() and 200 <= int(str(exc.code)) < 300:

@@ -12,6 +12,7 @@ from postgrest.exceptions import APIError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared import db
+from shared.api import first_problem
 from shared.auth import User
 from shared.definitions import (
     DefinitionError,
@@ -34,22 +35,17 @@ class StartRequest(BaseModel):
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
 
 
-def _first_problem(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "body"
-    return f"{where}: {err['msg']}"
-
-
 # The last version each workflow was started at, in this process: a guess that
 # start_job confirms (it refuses any version but the current one and names it).
 _latest_version: dict[str, int] = {}
 
 
-def _current_version(workflow_id: str) -> int:
-    """The version a start runs now; a 404 when the workflow is missing or inactive."""
+def _current_version(user: User, workflow_id: str) -> int:
+    """The version a start runs now; a 404 when the workflow is missing, inactive, or
+    another tenant's (read as the user: RLS decides, and start_job checks again)."""
     _latest_version.pop(workflow_id, None)
     rows = db.rows(
-        db.as_service().table("workflows").select("version")
+        db.as_user(user.token).table("workflows").select("version")
         .eq("id", db.filter_value(workflow_id, "workflow_id")).eq("is_active", True)
         .limit(1).execute().data
     )
@@ -87,18 +83,19 @@ def _start_job_rpc(user: User, req: StartRequest, version: int | None) -> dict[s
         "p_workflow_version": version,
         "p_input": req.input_data,
         "p_idempotency_key": req.idempotency_key,
+        "p_claims": user.claims,
     }
     return db.obj(db.as_service().rpc("start_job", params).execute().data)
 
 
-def _checked_version(req: StartRequest) -> int:
+def _checked_version(user: User, req: StartRequest) -> int:
     """The version a start would run, with the input validated against it. A refusal is
     answered from the current state, not from a version this process remembers."""
     try:
         version = _latest_version.get(req.workflow_id)
         current = version is None
         if version is None:
-            version = _current_version(req.workflow_id)
+            version = _current_version(user, req.workflow_id)
         while True:
             try:
                 validate_input(definition(req.workflow_id, version), req.input_data)
@@ -106,14 +103,14 @@ def _checked_version(req: StartRequest) -> int:
             except InputError as exc:
                 if current:
                     raise ApiError(400, "invalid_input", str(exc)) from exc
-                version = _latest_version[req.workflow_id] = _current_version(req.workflow_id)
+                version = _latest_version[req.workflow_id] = _current_version(user, req.workflow_id)
                 current = True
     except APIError as exc:
         raise db.api_error(exc) from exc
 
 
 def _start(user: User, req: StartRequest) -> tuple[int, dict[str, Any]]:
-    version = _checked_version(req)
+    version = _checked_version(user, req)
     try:
         for _ in range(MAX_VERSION_RETRIES):
             try:
@@ -158,7 +155,7 @@ def start_job(user: User, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     try:
         req = StartRequest.model_validate(body)
     except ValidationError as exc:
-        raise bad_request(_first_problem(exc)) from exc
+        raise bad_request(first_problem(exc)) from exc
     try:
         return _start(user, req)
     except ApiError as err:
@@ -192,13 +189,13 @@ def start_jobs(user: User, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     try:
         batch = BatchStartRequest.model_validate(body)
     except ValidationError as exc:
-        raise bad_request(_first_problem(exc)) from exc
+        raise bad_request(first_problem(exc)) from exc
     refusals: dict[int, ApiError] = {}
     items: list[dict[str, Any]] = []
     for index, req in enumerate(batch.jobs):
         version: int | None
         try:
-            version = _checked_version(req)
+            version = _checked_version(user, req)
         except ApiError as err:
             if err.status >= 500:
                 raise
@@ -208,7 +205,7 @@ def start_jobs(user: User, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
             version = None  # only a replay of an earlier start may still answer
         items.append({"index": index, "workflow_id": req.workflow_id, "workflow_version": version,
                       "input": req.input_data, "idempotency_key": req.idempotency_key})
-    params: dict[str, Any] = {"p_user_id": user.id, "p_jobs": items}
+    params: dict[str, Any] = {"p_user_id": user.id, "p_jobs": items, "p_claims": user.claims}
     try:
         rows = db.rows(db.as_service().rpc("start_jobs", params).execute().data) if items else []
     except APIError as exc:

@@ -1,4 +1,5 @@
-"""Loads the example workflows (examples/*/) into a database, validated like any definition."""
+"""Loads the example workflows (examples/*/) into the running stack through the admin API
+(PUT /transformers, PUT /workflows, publish), so they are checked exactly as a user's are."""
 
 from __future__ import annotations
 
@@ -6,42 +7,43 @@ import json
 from pathlib import Path
 from typing import Any
 
-import psycopg
-from psycopg.types.json import Jsonb
+import httpx
 
-from shared.definitions import check_transformers, normalise, parse_definition
 from stack.config import REPO
 
 EXAMPLES = REPO / "examples"
+
+
+class ExampleRefused(RuntimeError):
+    """The API refused an example: the example, not the stack, is wrong."""
 
 
 def _read(path: Path) -> Any:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def load_examples(conn: psycopg.Connection[tuple[Any, ...]], root: Path = EXAMPLES) -> list[str]:
-    """Upsert each example's transformers and workflow; returns the workflow ids."""
+def _call(http: httpx.Client, method: str, path: str, body: dict[str, Any] | None) -> Any:
+    response = http.request(method, path, json=body)
+    if response.status_code >= 300:
+        raise ExampleRefused(f"{method} {path}: {response.status_code} {response.text}")
+    return response.json()
+
+
+def load_examples(api_url: str, service_role_key: str, root: Path = EXAMPLES) -> list[str]:
+    """Put and publish each example's transformers and workflow; returns the workflow ids.
+    Publishing an unchanged example makes no new version."""
     loaded = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        for t in _read(folder / "transformers.json") or []:
-            conn.execute(
-                "insert into workflow.transformers (id, type, description, config, target_function)"
-                " values (%s, %s, %s, %s, %s) on conflict (id) do update set type = excluded.type,"
-                " description = excluded.description, config = excluded.config,"
-                " target_function = excluded.target_function",
-                (t["id"], t["type"], t.get("description"), Jsonb(t["config"]), t["target_function"]),
-            )
-        workflow = _read(folder / "workflow.json")
-        if workflow is None:
-            continue
-        definition = parse_definition(workflow["definition"])
-        known = [r[0] for r in conn.execute("select id from workflow.transformers")]
-        check_transformers(definition, known)
-        conn.execute(
-            "insert into workflow.workflows (id, description, definition) values (%s, %s, %s)"
-            " on conflict (id) do update set description = excluded.description,"
-            " definition = excluded.definition",
-            (workflow["id"], workflow.get("description"), Jsonb(normalise(definition))),
-        )
-        loaded.append(workflow["id"])
+    headers = {"Authorization": f"Bearer {service_role_key}"}
+    with httpx.Client(base_url=api_url, headers=headers, timeout=30) as http:
+        for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+            for t in _read(folder / "transformers.json") or []:
+                body = {k: v for k, v in t.items() if k != "id"}
+                _call(http, "PUT", f"/transformers/{t['id']}", body)
+            workflow = _read(folder / "workflow.json")
+            if workflow is None:
+                continue
+            body = {"description": workflow.get("description"), "definition": workflow["definition"]}
+            _call(http, "PUT", f"/workflows/{workflow['id']}", body)
+            _call(http, "POST", f"/workflows/{workflow['id']}/publish", None)
+            loaded.append(workflow["id"])
     return loaded

@@ -208,7 +208,7 @@ def build_app(cfg: StackConfig) -> Starlette:
         return Response(upstream.content, upstream.status_code, headers=out)
 
     routes = [
-        StarletteRoute("/health", health),
+        StarletteRoute("/_gateway/health", health),
         StarletteRoute("/auth/v1/.well-known/jwks.json", jwks_endpoint),
         StarletteRoute(
             "/rest/v1/{path:path}", rest_proxy,

@@ -10,7 +10,6 @@ from pathlib import Path
 import psycopg
 
 from stack.config import REPO, StackConfig
-from stack.examples import load_examples
 from stack.secrets import StackSecrets
 
 PG_BIN = Path(os.environ.get("SUPAFLOW_PG_BIN", "/usr/lib/postgresql/15/bin"))
@@ -138,7 +137,6 @@ def bootstrap(cfg: StackConfig, sec: StackSecrets) -> list[str]:
         )
         applied = apply_migrations(conn, cfg.pgdata)
         store_vault_secrets(conn, cfg, sec)
-        load_examples(conn)
         conn.execute("notify pgrst, 'reload schema'")
     return applied
 

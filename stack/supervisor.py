@@ -17,6 +17,7 @@ import httpx
 
 from stack import postgres
 from stack.config import REPO, StackConfig
+from stack.examples import load_examples
 from stack.secrets import StackSecrets, load_or_create
 
 
@@ -123,7 +124,8 @@ def children(cfg: StackConfig, sec: StackSecrets) -> list[Child]:
             [sys.executable, "-m", "stack.fake_gemini", "--port", str(cfg.gemini_port)],
             f"{cfg.gemini_url}/_control/requests",
         ),
-        Child("gateway", [sys.executable, "-m", "stack.gateway"], f"{cfg.api_url}/health", stack_env),
+        Child("gateway", [sys.executable, "-m", "stack.gateway"], f"{cfg.api_url}/_gateway/health",
+              stack_env),
     ]
 
 
@@ -172,6 +174,7 @@ def supervise(cfg: StackConfig) -> None:
             child.start(cfg)
         for child in procs:
             _wait_ready(child, deadline)
+        print(f"examples published: {load_examples(cfg.api_url, sec.service_role_key)}", flush=True)
         ready_flag.write_text(str(time.time()))
         print(f"stack ready: API {cfg.api_url}", flush=True)
         last_pg_check = time.monotonic()

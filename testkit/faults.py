@@ -198,7 +198,7 @@ def wait_healthy(stack: Stack, timeout: float = 60) -> float:
     with httpx.Client(timeout=3) as http:
         while time.monotonic() - started < timeout:
             try:
-                http.get(f"{stack.api_url}/health").raise_for_status()
+                http.get(f"{stack.api_url}/_gateway/health").raise_for_status()
                 http.get(f"{stack.api_url}/rest/v1/transformers", params={"select": "id", "limit": "1"},
                          headers={**stack.service_headers(), "Accept-Profile": "workflow"}
                          ).raise_for_status()

@@ -27,7 +27,7 @@ def stack() -> Iterator[Stack]:
         result = stack_cli("up")
         assert result.returncode == 0, f"stack failed to start:\n{result.stdout}\n{result.stderr}"
     st = Stack(cfg, load(cfg.secrets_file))
-    httpx.get(f"{cfg.api_url}/health", timeout=5).raise_for_status()
+    httpx.get(f"{cfg.api_url}/_gateway/health", timeout=5).raise_for_status()
     yield st
     if not already_up:
         stack_cli("down")

@@ -7,10 +7,10 @@ from shared.log import logger
 
 
 def cancel_job(request: api.Request) -> api.Reply:
-    user = auth.verify_user(request.headers)
-    result = jobs.cancel(user, request.path_param("jobId"))
+    caller = auth.verify_caller(request.headers)
+    result = jobs.cancel(caller, request.path_param("jobId"))
     if result["cancelled"]:
-        logger.info("job cancelled", extra={"job_id": result["job_id"], "user_id": user.id})
+        logger.info("job cancelled", extra={"job_id": result["job_id"], "by": caller.actor})
     return api.Reply(200, result)
 
 

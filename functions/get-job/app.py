@@ -6,8 +6,8 @@ from shared import api, auth, jobs
 
 
 def get_job(request: api.Request) -> api.Reply:
-    user = auth.verify_user(request.headers)
-    return api.Reply(200, jobs.get(user, request.path_param("jobId")))
+    caller = auth.verify_caller(request.headers)
+    return api.Reply(200, jobs.get(caller, request.path_param("jobId")))
 
 
 handler = api.handler_for(get_job)

@@ -1,4 +1,5 @@
-"""GET /jobs: the caller's jobs, newest first, keyset-paginated."""
+"""GET /jobs: the caller's jobs (an admin's: their tenant's, with scope=tenant), newest first,
+keyset-paginated, filtered by status, workflow and creation time."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ from shared import api, auth, jobs
 
 
 def list_jobs(request: api.Request) -> api.Reply:
-    user = auth.verify_user(request.headers)
-    return api.Reply(200, jobs.list_jobs(user, request.query))
+    caller = auth.verify_caller(request.headers)
+    return api.Reply(200, jobs.list_jobs(caller, request.query))
 
 
 handler = api.handler_for(list_jobs)

@@ -107,14 +107,24 @@ begin
   if v_problem is not null then
     raise sqlstate 'PT400' using detail = 'invalid_definition', message = format(
       'workflow %s: definition is not in normalised form: %s (store definitions through'
-      ' supaflow, which validates them and writes every default out)', to_jsonb(new.id), v_problem);
+      ' supaflow, which validates them and writes every default out)',
+      to_jsonb(coalesce(to_jsonb(new) ->> 'id', to_jsonb(new) ->> 'workflow_id')), v_problem);
   end if;
   return new;
 end
 $$;
 
+-- Workflow ids, transformer ids and tenant ids as the API accepts them (SQL users too).
+create domain workflow.object_id as text
+  check (value ~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$');
+create domain workflow.tenant_id as text
+  check (char_length(value) between 1 and 128 and value !~ '[[:cntrl:]]');
+
+-- A workflow is global (tenant_id null: every user may start it) or one tenant's.
+-- Its row is the published, current version; edits wait in workflow_drafts.
 create table workflow.workflows (
-  id text primary key,
+  id workflow.object_id primary key,
+  tenant_id workflow.tenant_id,
   description text,
   definition jsonb not null check (jsonb_typeof(definition) = 'object'),
   version integer not null default 1,
@@ -133,6 +143,9 @@ create table workflow.workflow_versions (
   workflow_id text not null references workflow.workflows (id) on delete cascade,
   version integer not null,
   definition jsonb not null,
+  description text,
+  -- Who published it: a user id, 'service_role', or 'sql' (written by hand).
+  published_by text not null default 'sql',
   created_at timestamptz not null default now(),
   primary key (workflow_id, version)
 );
@@ -150,9 +163,10 @@ begin
       return new;
     end if;
   end if;
-  insert into workflow.workflow_versions (workflow_id, version, definition)
-  values (new.id, new.version, new.definition)
-  on conflict (workflow_id, version) do update set definition = excluded.definition;
+  insert into workflow.workflow_versions (workflow_id, version, definition, description)
+  values (new.id, new.version, new.definition, new.description)
+  on conflict (workflow_id, version) do update set definition = excluded.definition,
+    description = excluded.description;
   return new;
 end
 $$;
@@ -162,8 +176,24 @@ create trigger workflows_version_insert after insert on workflow.workflows
 create trigger workflows_version_update before update on workflow.workflows
   for each row execute function workflow.record_workflow_version();
 
+-- The next version of a workflow, edited until it is published (publish_workflow);
+-- never read by a start. A draft may exist before any version does.
+create table workflow.workflow_drafts (
+  workflow_id workflow.object_id primary key,
+  tenant_id workflow.tenant_id,
+  description text check (char_length(description) <= 2000),
+  definition jsonb not null check (jsonb_typeof(definition) = 'object'),
+  updated_by text not null,
+  updated_at timestamptz not null default now()
+);
+
+create trigger workflow_drafts_check_definition before insert or update of definition
+  on workflow.workflow_drafts for each row execute function workflow.check_definition();
+
+-- Transformers, like workflows, are global or one tenant's.
 create table workflow.transformers (
-  id text primary key,
+  id workflow.object_id primary key,
+  tenant_id workflow.tenant_id,
   type text not null,
   description text,
   config jsonb not null default '{}'::jsonb check (jsonb_typeof(config) = 'object'),
@@ -181,6 +211,8 @@ create trigger transformers_touch before update on workflow.transformers
 create table workflow.jobs (
   id uuid primary key default gen_random_uuid(),
   user_id uuid not null references auth.users (id) on delete cascade,
+  -- The starter's tenant (their token's tenant claim, workflow.claims_tenant) or null.
+  tenant_id workflow.tenant_id,
   workflow_id text not null references workflow.workflows (id),
   workflow_version integer not null,
   current_step_id text,
@@ -206,6 +238,7 @@ create table workflow.jobs (
 );
 
 create index jobs_user_created_idx on workflow.jobs (user_id, created_at desc, id desc);
+create index jobs_tenant_created_idx on workflow.jobs (tenant_id, created_at desc, id desc);
 create index jobs_status_step_idx on workflow.jobs (status, current_step_id);
 create index jobs_workflow_idx on workflow.jobs (workflow_id);
 create index jobs_retry_idx on workflow.jobs (next_retry_at) where status = 'awaiting_retry';
@@ -277,29 +310,139 @@ create table workflow.orchestrator_passes (
   alive_until timestamptz not null
 );
 
+-- When the last pass ended (end_pass): GET /health reports its age.
+create table workflow.orchestrator_last_pass (
+  id boolean primary key default true check (id),
+  ended_at timestamptz not null
+);
+
+-- Deployment settings the SQL reads (one row). tenant_claim: where a user's tenant is
+-- in their JWT's claims (a path for #>>); change it with an update of this row.
+create table workflow.config (
+  id boolean primary key default true check (id),
+  tenant_claim text[] not null default '{app_metadata,tenant_id}'
+    check (cardinality(tenant_claim) between 1 and 8)
+);
+insert into workflow.config default values;
+
+-- Who the caller is ----------------------------------------------------------
+-- Every rule about callers reads their verified JWT claims through these functions:
+-- RLS with auth.jwt(), and the service role's functions with the claims the HTTP
+-- function verified (p_claims; {"role": "service_role"} for the service-role key).
+
+-- The caller's tenant: the claim workflow.config names (default app_metadata.tenant_id).
+create or replace function workflow.claims_tenant(p_claims jsonb) returns text
+language sql
+stable
+security definer
+set search_path = ''
+as $$
+  select nullif(p_claims #>> (select c.tenant_claim from workflow.config c), '')
+$$;
+
+-- Admins: the service role, and users whose app_metadata (which only the server can
+-- set) says supaflow_role "admin". A user admin administers their own tenant only.
+create or replace function workflow.claims_admin(p_claims jsonb) returns boolean
+language sql
+immutable
+set search_path = ''
+as $$
+  select coalesce(p_claims ->> 'role' = 'service_role'
+                  or p_claims #>> '{app_metadata,supaflow_role}' = 'admin', false)
+$$;
+
+-- Administers objects of p_tenant (null: the global ones): the service role all of
+-- them, a user admin those of their own tenant (a user admin without one: the global).
+create or replace function workflow.claims_manage(p_claims jsonb, p_tenant text) returns boolean
+language sql
+stable
+set search_path = ''
+as $$
+  select coalesce(p_claims ->> 'role' = 'service_role', false)
+         or (workflow.claims_admin(p_claims)
+             and p_tenant is not distinct from workflow.claims_tenant(p_claims))
+$$;
+
+-- May see (and start) a workflow or use a transformer of p_tenant: global ones, and
+-- those of the caller's tenant.
+create or replace function workflow.claims_reach(p_claims jsonb, p_tenant text) returns boolean
+language sql
+stable
+set search_path = ''
+as $$
+  select p_tenant is null or coalesce(p_claims ->> 'role' = 'service_role', false)
+         or p_tenant = workflow.claims_tenant(p_claims)
+$$;
+
+-- May see and control (cancel, retry) a job: its owner, and its tenant's admins.
+create or replace function workflow.claims_control(
+  p_claims jsonb, p_user_id uuid, p_tenant text
+) returns boolean
+language sql
+stable
+set search_path = ''
+as $$
+  select p_user_id::text = p_claims ->> 'sub' or workflow.claims_manage(p_claims, p_tenant)
+$$;
+
+-- Who did it, for event details and published_by: a user id or the role.
+create or replace function workflow.claims_actor(p_claims jsonb) returns text
+language sql
+immutable
+set search_path = ''
+as $$
+  select coalesce(p_claims ->> 'sub', p_claims ->> 'role', 'sql')
+$$;
+
 -- Row level security ----------------------------------------------------------
+-- What users may read directly (PostgREST, supabase-js), by the same rules as the API.
+-- A policy's subquery on jobs or workflows is itself filtered by that table's policy.
 
 alter table workflow.workflows enable row level security;
 alter table workflow.workflow_versions enable row level security;
+alter table workflow.workflow_drafts enable row level security;
 alter table workflow.transformers enable row level security;
 alter table workflow.jobs enable row level security;
 alter table workflow.job_steps enable row level security;
 alter table workflow.job_events enable row level security;
 alter table workflow.orchestrator_passes enable row level security;
+alter table workflow.orchestrator_last_pass enable row level security;
+alter table workflow.config enable row level security;
 alter table workflow.rate_limits enable row level security;
 
-create policy workflows_read_active on workflow.workflows
-  for select to authenticated using (is_active);
-
-create policy jobs_read_own on workflow.jobs
-  for select to authenticated using (user_id = (select auth.uid()));
-
-create policy job_steps_read_own on workflow.job_steps
+create policy workflows_read on workflow.workflows
   for select to authenticated using (
-    exists (select 1 from workflow.jobs j where j.id = job_id and j.user_id = (select auth.uid()))
+    (is_active and workflow.claims_reach((select auth.jwt()), tenant_id))
+    or workflow.claims_manage((select auth.jwt()), tenant_id)
   );
 
-create policy job_events_read_own on workflow.job_events
+create policy workflow_versions_read on workflow.workflow_versions
   for select to authenticated using (
-    exists (select 1 from workflow.jobs j where j.id = job_id and j.user_id = (select auth.uid()))
+    exists (select 1 from workflow.workflows w
+            where w.id = workflow_id and workflow.claims_manage((select auth.jwt()), w.tenant_id))
+  );
+
+create policy workflow_drafts_read on workflow.workflow_drafts
+  for select to authenticated using (workflow.claims_manage((select auth.jwt()), tenant_id));
+
+create policy transformers_read on workflow.transformers
+  for select to authenticated using (
+    workflow.claims_admin((select auth.jwt())) and workflow.claims_reach((select auth.jwt()), tenant_id)
+  );
+
+create policy jobs_read on workflow.jobs
+  for select to authenticated using (
+    user_id = (select auth.uid())
+    or ((select workflow.claims_admin(auth.jwt()))
+        and tenant_id is not distinct from (select workflow.claims_tenant(auth.jwt())))
+  );
+
+create policy job_steps_read on workflow.job_steps
+  for select to authenticated using (
+    exists (select 1 from workflow.jobs j where j.id = job_id)
+  );
+
+create policy job_events_read on workflow.job_events
+  for select to authenticated using (
+    exists (select 1 from workflow.jobs j where j.id = job_id)
   );

@@ -107,9 +107,11 @@ as $$
   from jsonb_array_elements(p_definition -> 'steps') as e(step)
 $$;
 
+-- p_claims: the starter's verified JWT claims; the job records their tenant, and only
+-- a global workflow or one of that tenant starts.
 create or replace function workflow.start_job(
   p_user_id uuid, p_workflow_id text, p_workflow_version integer, p_input jsonb,
-  p_idempotency_key text default null
+  p_idempotency_key text default null, p_claims jsonb default '{}'::jsonb
 ) returns jsonb
 language plpgsql
 set search_path = ''
@@ -157,7 +159,8 @@ begin
   select w.version, v.definition into v_version, v_definition
   from workflow.workflows w
   join workflow.workflow_versions v on v.workflow_id = w.id and v.version = w.version
-  where w.id = p_workflow_id and w.is_active;
+  where w.id = p_workflow_id and w.is_active
+    and workflow.claims_reach(coalesce(p_claims, '{}'::jsonb), w.tenant_id);
   if v_version is null then
     raise sqlstate 'PT404' using message = format('workflow %s not found', to_jsonb(p_workflow_id));
   end if;
@@ -169,9 +172,10 @@ begin
 
   perform workflow.check_start_rate(p_user_id);
 
-  insert into workflow.jobs (user_id, workflow_id, workflow_version, input_data,
+  insert into workflow.jobs (user_id, tenant_id, workflow_id, workflow_version, input_data,
                              idempotency_key, max_retries, state_history)
-  values (p_user_id, p_workflow_id, v_version, p_input, p_idempotency_key,
+  values (p_user_id, workflow.claims_tenant(p_claims), p_workflow_id, v_version, p_input,
+          p_idempotency_key,
           (select max(d.max_attempts) - 1 from workflow.definition_steps(v_definition) d),
           jsonb_build_array(jsonb_build_object('status', 'pending', 'at', now())))
   returning * into v_job;
@@ -195,7 +199,9 @@ $$;
 -- through start_job, so each gets the same checks, idempotency and rate limit; a
 -- refusal (PT4xx) is that item's result, the others go on. Any other error ends the
 -- whole call. `index` is the caller's position of the item.
-create or replace function workflow.start_jobs(p_user_id uuid, p_jobs jsonb)
+create or replace function workflow.start_jobs(
+  p_user_id uuid, p_jobs jsonb, p_claims jsonb default '{}'::jsonb
+)
 returns table (index integer, result jsonb)
 language plpgsql
 set search_path = ''
@@ -212,7 +218,7 @@ begin
     begin
       result := workflow.start_job(p_user_id, j.e ->> 'workflow_id',
                                    (j.e ->> 'workflow_version')::integer, j.e -> 'input',
-                                   j.e ->> 'idempotency_key');
+                                   j.e ->> 'idempotency_key', p_claims);
     exception when sqlstate 'PT400' or sqlstate 'PT401' or sqlstate 'PT404'
                    or sqlstate 'PT409' or sqlstate 'PT429' then
       get stacked diagnostics v_state = returned_sqlstate, v_message = message_text,

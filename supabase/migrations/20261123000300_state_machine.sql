@@ -543,7 +543,7 @@ begin
 end
 $$;
 
-create or replace function workflow.cancel_job(p_job_id uuid, p_user_id uuid) returns jsonb
+create or replace function workflow.cancel_job(p_job_id uuid, p_claims jsonb) returns jsonb
 language plpgsql
 set search_path = ''
 as $$
@@ -551,14 +551,15 @@ declare
   v_job workflow.jobs;
 begin
   select * into v_job from workflow.jobs where id = p_job_id for update;
-  if not found or v_job.user_id is distinct from p_user_id then
+  if not found or not workflow.claims_control(p_claims, v_job.user_id, v_job.tenant_id) then
     raise sqlstate 'PT404' using message = format('job %s not found', p_job_id);
   end if;
   if v_job.status in ('completed', 'failed', 'cancelled') then
     return jsonb_build_object('job_id', p_job_id, 'cancelled', false, 'status', v_job.status);
   end if;
   perform workflow.cancel_unfinished_steps(p_job_id);
-  perform workflow.transition_job(p_job_id, 'cancelled', jsonb_build_object('by', p_user_id));
+  perform workflow.transition_job(p_job_id, 'cancelled',
+                                  jsonb_build_object('by', workflow.claims_actor(p_claims)));
   return jsonb_build_object('job_id', p_job_id, 'cancelled', true, 'status', 'cancelled');
 end
 $$;
@@ -597,6 +598,8 @@ begin
   perform pg_advisory_xact_lock(hashtextextended('supaflow: a pass ends', 0));
   delete from workflow.orchestrator_passes
   where id = p_pass_id or alive_until < now() - interval '1 minute';
+  insert into workflow.orchestrator_last_pass (ended_at) values (now())
+  on conflict (id) do update set ended_at = excluded.ended_at;
 end
 $$;
 

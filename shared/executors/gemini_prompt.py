@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import mimetypes
-import re
 import tempfile
 import threading
 import time
@@ -26,25 +25,26 @@ from botocore.exceptions import BotoCoreError, ClientError
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
-from jsonschema import Draft202012Validator, SchemaError
+from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 from pydantic import ValidationError
 
 from shared import storage
 from shared.executors.base import StepContext, StepError
+from shared.executors.configs import (
+    DEFAULT_GEMINI_TIMEOUT_S,
+    GeminiPromptConfig,
+    is_json_schema,
+    parse_config,
+)
 from shared.log import logger
 from shared.settings import named_secret, settings
 
-DEFAULT_API_KEY_ENV_VAR = "GEMINI_API_KEY"
-# Base64 grows inline bytes by a third; 14 MiB stays under the 20 MB request limit.
-DEFAULT_INLINE_MAX_BYTES = 14 * 1024 * 1024
-DEFAULT_TIMEOUT_S = 120.0
 # Below this much time left there is no point starting a call that cannot finish.
 MIN_CALL_S = 0.5
 # A later call (upload, then generate) still goes out with at least this much left.
 MIN_REQUEST_S = 0.1
 FILE_POLL_INTERVAL_S = 1.0
-ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 GENERIC_CONTENT_TYPES = {"", "application/octet-stream", "binary/octet-stream"}
 # Finish reasons after which asking again gives the same answer.
 FINAL_FINISH_REASONS = {
@@ -62,23 +62,19 @@ def execute(config: dict[str, Any], inputs: dict[str, Any], ctx: StepContext) ->
     Raises StepError: retryable for 429, 408, 5xx, timeouts and connection errors;
     permanent for other 4xx, bad configuration, missing files and unparseable JSON.
     """
-    model = _required_str(config, "model")
-    prompt = _prompt(config, inputs)
-    schema = config.get("response_schema")
-    if schema is not None and not isinstance(schema, dict):
-        raise StepError("config.response_schema must be a JSON object (a JSON schema)",
-                        retryable=False)
-    temperature = _optional_number(config, "temperature")
-    inline_max = _inline_max_bytes(config)
-    deadline = time.monotonic() + _timeout_s(config, ctx)
-    client = _client(_api_key(config), _base_url(config))
+    cfg = parse_config(GeminiPromptConfig, config)
+    model = cfg.model.strip()
+    prompt = _prompt(cfg, inputs)
+    schema = cfg.response_schema
+    deadline = time.monotonic() + _timeout_s(cfg, ctx)
+    client = _client(_api_key(cfg), cfg.base_url or settings().gemini_base_url or None)
     files = _file_refs(inputs)
 
     uploaded: list[str] = []
     try:
-        parts = _file_parts(client, files, inline_max, deadline, uploaded, ctx)
+        parts = _file_parts(client, files, cfg.inline_max_bytes, deadline, uploaded, ctx)
         gen_config = types.GenerateContentConfig(
-            temperature=temperature,
+            temperature=cfg.temperature,
             http_options=_http_options(deadline),
             **_schema_config(schema),
         )
@@ -107,72 +103,31 @@ def execute(config: dict[str, Any], inputs: dict[str, Any], ctx: StepContext) ->
 # --------------------------------------------------------------------------- configuration
 
 
-def _required_str(config: dict[str, Any], key: str) -> str:
-    value = config.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise StepError(f"config.{key} is required and must be a non-empty string",
-                        retryable=False)
-    return value.strip()
-
-
-def _prompt(config: dict[str, Any], inputs: dict[str, Any]) -> str:
+def _prompt(cfg: GeminiPromptConfig, inputs: dict[str, Any]) -> str:
     """The orchestrator resolves the template into ``inputs["prompt"]``; else the literal."""
-    prompt = inputs["prompt"] if "prompt" in inputs else config.get("prompt")
+    prompt = inputs["prompt"] if "prompt" in inputs else cfg.prompt
     if not isinstance(prompt, str) or not prompt.strip():
         raise StepError("prompt is required: a non-empty string in inputs.prompt or "
                         "config.prompt", retryable=False)
     return prompt
 
 
-def _optional_number(config: dict[str, Any], key: str) -> float | None:
-    value = config.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise StepError(f"config.{key} must be a number", retryable=False)
-    return float(value)
-
-
-def _inline_max_bytes(config: dict[str, Any]) -> int:
-    value = config.get("inline_max_bytes", DEFAULT_INLINE_MAX_BYTES)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise StepError("config.inline_max_bytes must be a non-negative integer",
-                        retryable=False)
-    return int(value)
-
-
-def _timeout_s(config: dict[str, Any], ctx: StepContext) -> float:
+def _timeout_s(cfg: GeminiPromptConfig, ctx: StepContext) -> float:
     """The configured timeout (default 120 s), never beyond what the attempt has left."""
-    configured = _optional_number(config, "timeout_s")
-    if configured is not None and configured <= 0:
-        raise StepError("config.timeout_s must be positive", retryable=False)
-    timeout = min(configured or DEFAULT_TIMEOUT_S, ctx.remaining_s())
+    timeout = min(cfg.timeout_s or DEFAULT_GEMINI_TIMEOUT_S, ctx.remaining_s())
     if timeout < MIN_CALL_S:
         raise StepError("no time left in this attempt to call Gemini", retryable=True)
     return timeout
 
 
-def _api_key(config: dict[str, Any]) -> str:
-    """The key comes from the environment only; a key in the config is refused, not used."""
-    if "api_key" in config:
-        raise StepError("config.api_key is not allowed: put the key in an environment "
-                        "variable and name it in config.api_key_env_var", retryable=False)
-    env_var = config.get("api_key_env_var", DEFAULT_API_KEY_ENV_VAR)
-    if not isinstance(env_var, str) or not ENV_VAR_NAME.match(env_var):
-        raise StepError("config.api_key_env_var must be an environment variable name",
-                        retryable=False)
+def _api_key(cfg: GeminiPromptConfig) -> str:
+    """The key comes from the environment only (the model refuses one in the config)."""
+    env_var = cfg.api_key_env_var
     key = named_secret(env_var).strip()
     if not key:
         raise StepError(f"the Gemini API key is missing: environment variable {env_var} "
                         "is not set (config.api_key_env_var names it)", retryable=False)
     return key
-
-
-def _base_url(config: dict[str, Any]) -> str | None:
-    value = config.get("base_url") or settings().gemini_base_url or None
-    if value is not None and not isinstance(value, str):
-        raise StepError("config.base_url must be a string", retryable=False)
-    return value
 
 
 def _client(api_key: str, base_url: str | None) -> genai.Client:
@@ -207,9 +162,7 @@ def _schema_config(schema: dict[str, Any] | None) -> dict[str, Any]:
     (e.g. Gemini's own ``{"type": "OBJECT"}`` dialect) as ``response_schema``."""
     if schema is None:
         return {}
-    try:
-        Draft202012Validator.check_schema(schema)
-    except SchemaError:
+    if not is_json_schema(schema):
         return {"response_mime_type": "application/json", "response_schema": schema}
     return {"response_mime_type": "application/json", "response_json_schema": schema}
 
@@ -438,9 +391,7 @@ def _parse_json(text: str, schema: dict[str, Any]) -> Any:
     except json.JSONDecodeError as exc:
         raise StepError(f"Gemini's answer is not valid JSON ({exc.msg} at {exc.pos}): "
                         f"{text[:200]!r}", retryable=False) from exc
-    try:
-        Draft202012Validator.check_schema(schema)
-    except SchemaError:
+    if not is_json_schema(schema):
         return value  # Gemini-dialect schema: Gemini enforced it, jsonschema cannot check it.
     error = best_match(Draft202012Validator(schema).iter_errors(value))
     if error is not None:

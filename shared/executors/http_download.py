@@ -21,29 +21,24 @@ from botocore.exceptions import BotoCoreError, ClientError
 from shared import storage
 from shared.executors import netguard
 from shared.executors.base import StepContext, StepError
+from shared.executors.configs import KEY_PLACEHOLDER, KEY_PLACEHOLDERS, HttpDownloadConfig, parse_config
 
-DEFAULT_KEY_TEMPLATE = "{job_id}/{step_id}/{filename}"
-DEFAULT_MAX_BYTES = 100 * 1024 * 1024
-DEFAULT_TIMEOUT_S = 60.0
 SPOOL_MAX_MEMORY = 8 * 1024 * 1024
 CHUNK_BYTES = 64 * 1024
 
-_PLACEHOLDER = re.compile(r"\{(\w*)\}")
 _UNSAFE_FILENAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def execute(config: dict[str, Any], inputs: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    cfg = parse_config(HttpDownloadConfig, config)
     url = inputs.get("url")
     if not isinstance(url, str) or not url:
         raise StepError("input 'url' must be a non-empty string", retryable=False)
-    bucket = config.get("bucket")
-    if not isinstance(bucket, str) or not bucket:
-        raise StepError("config 'bucket' must be a non-empty string", retryable=False)
-    max_bytes = int(config_number(config, "max_bytes", DEFAULT_MAX_BYTES))
-    patterns: list[str] = list(config.get("allowed_content_types") or [])
+    bucket, max_bytes = cfg.bucket, cfg.max_bytes
+    patterns = cfg.allowed_content_types or []
     netguard.check_url(url)
     key = render_key(
-        str(config.get("key_template", DEFAULT_KEY_TEMPLATE)),
+        cfg.key_template,
         {
             "job_id": ctx.job_id,
             "step_id": ctx.step_id,
@@ -52,13 +47,13 @@ def execute(config: dict[str, Any], inputs: dict[str, Any], ctx: StepContext) ->
         },
     )
     # Never outlive the lease: a later attempt would race this one.
-    timeout_s = min(config_number(config, "timeout_s", DEFAULT_TIMEOUT_S), ctx.remaining_s())
+    timeout_s = min(cfg.timeout_s, ctx.remaining_s())
     if timeout_s <= 0:
         raise StepError("no time left in the step's budget to download", retryable=True)
     deadline = time.monotonic() + timeout_s
 
     with (
-        netguard.guarded_client(timeout_s, config.get("allow_hosts") or ()) as client,
+        netguard.guarded_client(timeout_s, cfg.allow_hosts or ()) as client,
         tempfile.SpooledTemporaryFile(max_size=SPOOL_MAX_MEMORY) as spool,
     ):
         # identity: a compressed body would be inflated in memory before the cap applies.
@@ -88,14 +83,6 @@ def execute(config: dict[str, Any], inputs: dict[str, Any], ctx: StepContext) ->
         "sha256": sha256,
         "source_url": url,
     }
-
-
-def config_number(config: dict[str, Any], key: str, default: float) -> float:
-    """A numeric config value; a bad one is the workflow's fault, so not retryable."""
-    try:
-        return float(config.get(key, default))
-    except (TypeError, ValueError) as exc:
-        raise StepError(f"config {key!r} must be a number", retryable=False) from exc
 
 
 def check_status(response: httpx.Response) -> None:
@@ -172,18 +159,11 @@ def filename_from_url(url: str) -> str:
 
 
 def render_key(template: str, values: dict[str, str]) -> str:
-    """Substitute `{name}` placeholders; no format specs or attribute access, unlike str.format."""
-
-    def substitute(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name not in values:
-            raise StepError(
-                f"key_template placeholder {{{name}}} is not one of {sorted(values)}",
-                retryable=False,
-            )
-        return values[name]
-
-    key = _PLACEHOLDER.sub(substitute, template).lstrip("/")
+    """Substitute `{name}` placeholders; no format specs or attribute access, unlike str.format.
+    `values` has one entry per KEY_PLACEHOLDERS name, the only names HttpDownloadConfig lets
+    a template use."""
+    assert values.keys() == KEY_PLACEHOLDERS
+    key = KEY_PLACEHOLDER.sub(lambda match: values[match.group(1)], template).lstrip("/")
     if not key:
         raise StepError("key_template renders to an empty key", retryable=False)
     return key

@@ -9,11 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from shared.executors.base import StepContext, StepError
+from shared.executors.configs import TransformConfig, parse_config
 
 
 def execute(config: dict[str, Any], inputs: Any, ctx: StepContext) -> Any:
-    failure = config.get("fail")
-    if isinstance(failure, dict) and ctx.attempt <= int(failure.get("attempts", 1 << 30)):
-        raise StepError(str(failure.get("message", "failed on purpose")),
-                        retryable=bool(failure.get("retryable", True)))
+    failure = parse_config(TransformConfig, config).fail
+    if failure is not None and (failure.attempts is None or ctx.attempt <= failure.attempts):
+        raise StepError(failure.message, retryable=failure.retryable)
     return inputs

@@ -23,9 +23,9 @@ import httpx
 
 from shared.executors import netguard
 from shared.executors.base import StepContext, StepError
+from shared.executors.configs import WebhookCallConfig, parse_config
 from shared.settings import named_secret
 
-DEFAULT_TIMEOUT_S = 30.0
 MAX_RESPONSE_BYTES = 64 * 1024
 SIGNATURE_VERSION = "v1"
 
@@ -59,15 +59,11 @@ def verify_signature(
 
 
 def execute(config: dict[str, Any], inputs: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
-    url = inputs.get("url") or config.get("url")
+    cfg = parse_config(WebhookCallConfig, config)
+    url = inputs.get("url") or cfg.url
     if not isinstance(url, str) or not url:
         raise StepError("a non-empty 'url' is required in config or inputs", retryable=False)
-    secret = _secret(config)
-    extra_headers = config.get("headers") or {}
-    if not isinstance(extra_headers, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in extra_headers.items()
-    ):
-        raise StepError("config 'headers' must map strings to strings", retryable=False)
+    secret = _secret(cfg.secret_env_var)
     try:
         # Serialised once: the signature covers exactly the bytes sent.
         body = json.dumps(
@@ -76,16 +72,13 @@ def execute(config: dict[str, Any], inputs: dict[str, Any], ctx: StepContext) ->
         ).encode()
     except (TypeError, ValueError) as exc:
         raise StepError(f"input 'body' is not JSON-serialisable: {exc}", retryable=False) from exc
-    try:
-        timeout_s = min(float(config.get("timeout_s", DEFAULT_TIMEOUT_S)), ctx.remaining_s())
-    except (TypeError, ValueError) as exc:
-        raise StepError("config 'timeout_s' must be a number", retryable=False) from exc
+    timeout_s = min(cfg.timeout_s, ctx.remaining_s())
     if timeout_s <= 0:
         raise StepError("no time left in the step's budget to call the webhook", retryable=True)
 
     timestamp = str(int(time.time()))
     headers = {
-        **extra_headers,  # first, so configuration cannot override the signed headers
+        **(cfg.headers or {}),  # first, so configuration cannot override the signed headers
         "Content-Type": "application/json",
         "X-Supaflow-Timestamp": timestamp,
         "X-Supaflow-Signature": sign(secret, timestamp, body),
@@ -94,7 +87,7 @@ def execute(config: dict[str, Any], inputs: dict[str, Any], ctx: StepContext) ->
         "X-Supaflow-Attempt": str(ctx.attempt),
         "Idempotency-Key": f"{ctx.job_id}:{ctx.step_id}",
     }
-    with netguard.guarded_client(timeout_s, config.get("allow_hosts") or ()) as client:
+    with netguard.guarded_client(timeout_s, cfg.allow_hosts or ()) as client:
         request = netguard.build_request(client, "POST", url, content=body, headers=headers)
         # A POST is never re-sent to a redirect target: it would skip the receiver's intent.
         with closing(netguard.send_checked(client, request, follow_redirects=False)) as response:
@@ -109,11 +102,8 @@ def execute(config: dict[str, Any], inputs: dict[str, Any], ctx: StepContext) ->
     raise StepError(detail, retryable=status == 429 or status >= 500)
 
 
-def _secret(config: dict[str, Any]) -> str:
+def _secret(name: str) -> str:
     """The HMAC secret comes from the environment; config only names the variable."""
-    name = config.get("secret_env_var")
-    if not isinstance(name, str) or not name:
-        raise StepError("config 'secret_env_var' is required", retryable=False)
     secret = named_secret(name)
     if not secret:
         raise StepError(f"env var {name} (the webhook secret) is not set", retryable=False)

@@ -71,10 +71,11 @@ def rpc(name: str, params: dict[str, Any]) -> Any:
         raise api_error(exc) from exc
 
 
-def as_service() -> SyncPostgrestClient:
-    """The engine's own access, for the executors."""
+def as_service(http: httpx.Client | None = None) -> SyncPostgrestClient:
+    """The engine's own access, for the executors (over `http`, when a caller needs its
+    own timeouts)."""
     return SyncPostgrestClient(
-        settings().rest_url, schema=SCHEMA, headers=_service_headers(), http_client=_http()
+        settings().rest_url, schema=SCHEMA, headers=_service_headers(), http_client=http or _http()
     )
 
 

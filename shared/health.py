@@ -8,13 +8,15 @@ from typing import Any
 import httpx
 from postgrest.exceptions import APIError
 
-from shared import db
+from shared import db, tls
 from shared.log import logger
 
 # The migrations this code needs: the versions of the files in supabase/migrations/
 # (tests/test_management.py keeps the two equal; Lambda packages hold no SQL files).
 MIGRATIONS = ("20261123000100", "20261123000200", "20261123000300", "20261123000400",
               "20261123000500", "20261123000900")
+# A health check answers within seconds, whatever hangs behind it.
+TIMEOUT_S = 3.0
 # pg_cron calls the orchestrator every minute; a pass older than this means it does not.
 MAX_PASS_AGE_S = 300.0
 
@@ -32,7 +34,8 @@ def check() -> tuple[int, dict[str, Any]]:
     """200 when every check holds, 503 naming the ones that do not."""
     try:
         params: dict[str, Any] = {"p_migrations": list(MIGRATIONS)}
-        report = db.obj(db.as_service().rpc("health", params).execute().data)
+        with httpx.Client(timeout=TIMEOUT_S, verify=tls.context()) as http:
+            report = db.obj(db.as_service(http).rpc("health", params).execute().data)
     except (APIError, httpx.HTTPError, db.UndecodableResponse) as exc:
         logger.warning("health: database unreachable", extra={"error": repr(exc)[:300]})
         return 503, {"status": "unhealthy", "checks": {

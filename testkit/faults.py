@@ -173,6 +173,17 @@ def kill_postgrest(cfg: StackConfig) -> int:
     return _kill_child(cfg, "postgrest", signal.SIGKILL)
 
 
+@contextmanager
+def postgrest_stopped(cfg: StackConfig) -> Iterator[None]:
+    """PostgREST frozen (SIGSTOP): alive to the supervisor, answering nobody, until the
+    block ends (SIGCONT)."""
+    pid = _kill_child(cfg, "postgrest", signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
 def stop_postgres(cfg: StackConfig) -> None:
     """pg_ctl stop -m fast: every connection drops, in-flight transactions roll back, and the
     supervisor's watchdog (every 2 s) starts Postgres again.

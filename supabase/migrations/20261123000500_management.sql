@@ -275,8 +275,8 @@ $$;
 
 -- POST /jobs/{id}/retry: a failed or cancelled job runs again from its unfinished steps,
 -- on the same version; completed steps keep their outputs and attempts, the others
--- start over (attempt 0), ready when their dependencies are complete. The event log
--- says who retried and which steps.
+-- start over (attempt 0), ready when their dependencies are complete. The job's move
+-- back to pending (event job_pending) says who retried it and which steps run again.
 create or replace function workflow.retry_job(p_job_id uuid, p_claims jsonb) returns jsonb
 language plpgsql
 set search_path = ''
@@ -312,11 +312,8 @@ begin
   update workflow.jobs
   set error_message = null, retry_count = 0, next_retry_at = null, final_result = null
   where id = p_job_id;
-  perform workflow.append_event(p_job_id, 'job_retried', p_from_status => v_job.status,
-    p_detail => jsonb_build_object('by', workflow.claims_actor(p_claims),
-                                   'steps', to_jsonb(coalesce(v_steps, '{}'))));
-  perform workflow.transition_job(p_job_id, 'pending',
-                                  jsonb_build_object('by', workflow.claims_actor(p_claims)));
+  perform workflow.transition_job(p_job_id, 'pending', jsonb_build_object(
+    'retried_by', workflow.claims_actor(p_claims), 'steps', to_jsonb(coalesce(v_steps, '{}'))));
   return jsonb_build_object('job_id', p_job_id, 'status', 'pending',
                             'retried_steps', to_jsonb(coalesce(v_steps, '{}')),
                             'kick', workflow.kick_needed());

@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Collection
 from heapq import heapify, heappop, heappush
 from pathlib import Path
 from typing import Any, Self
@@ -174,19 +173,6 @@ def parse_definition(raw: Any) -> WorkflowDefinition:
             else:
                 problems.append(f"{_dotted(loc)}: {error['msg']}{_got(error)}")
         raise DefinitionError(problems) from None
-
-
-def check_transformers(defn: WorkflowDefinition, known: Collection[str]) -> None:
-    """Refuse steps whose transformer is not registered (kept apart from the model
-    because the registry lives in the database, not in the definition)."""
-    problems = [
-        f"steps.{i}.transformer: step {step.id!r} uses unknown transformer {step.transformer!r}"
-        f" (known: {', '.join(sorted(known)) or 'none'})"
-        for i, step in enumerate(defn.steps)
-        if step.transformer not in known
-    ]
-    if problems:
-        raise DefinitionError(problems)
 
 
 def validate_input(defn: WorkflowDefinition, input_data: Any) -> None:

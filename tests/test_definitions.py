@@ -14,7 +14,6 @@ from shared.definitions import (
     RetryPolicy,
     Step,
     WorkflowDefinition,
-    check_transformers,
     normalise,
     parse_definition,
     validate_input,
@@ -298,17 +297,6 @@ def test_malformed_definitions(raw: Any, fragment: str) -> None:
 def test_model_validate_reports_graph_problems_through_pydantic() -> None:
     with pytest.raises(ValidationError, match="depends on unknown step 'ghost'"):
         WorkflowDefinition.model_validate({"steps": [step("a", depends_on=["ghost"])]})
-
-
-def test_check_transformers() -> None:
-    defn = parse_definition(AUDIO)
-    check_transformers(defn, {"http-download", "gemini-prompt", "transform"})
-    with pytest.raises(DefinitionError) as info:
-        check_transformers(defn, ["http-download", "transform"])
-    assert info.value.problems == [
-        "steps.1.transformer: step 'transcribe' uses unknown transformer 'gemini-prompt'"
-        " (known: http-download, transform)"
-    ]
 
 
 def test_validate_input_accepts_good_input() -> None:

@@ -69,6 +69,8 @@ def rpc(name: str, params: dict[str, Any]) -> Any:
         return as_service().rpc(name, params).execute().data
     except APIError as exc:
         raise api_error(exc) from exc
+    except RecursionError as exc:  # an answer nested deeper than the decoder recurses
+        raise UndecodableResponse from exc
 
 
 def as_service(http: httpx.Client | None = None) -> SyncPostgrestClient:
@@ -129,6 +131,10 @@ def api_error(exc: APIError) -> ApiError:
         return ApiError(429, "rate_limited", str(exc.message), {"Retry-After": str(retry_after)})
     if exc.code == "PT404":
         return not_found(str(exc.message))
+    if exc.code == "23514":
+        # A value a table's or domain's check refuses (e.g. a tenant_id with control
+        # characters): Postgres names the constraint, which names the field.
+        return bad_request(str(exc.message))
     if exc.code in ("PT403", "PT422"):
         status = int(exc.code[2:])
         default = "forbidden" if status == 403 else "unprocessable"

@@ -160,14 +160,15 @@ def retry(caller: Caller, job_id: str) -> dict[str, Any]:
     return db.obj(db.rpc("retry_job", params))
 
 
+MAX_SEQ = 2**31 - 1  # job_events.seq is an integer
 EVENT_COLUMNS = "seq,event_type,step_id,attempt,from_status,to_status,detail,created_at"
 
 
 def _seq(raw: str | None) -> int:
     if raw is None:
         return 0
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 10:
-        raise bad_request("after must be a non-negative integer (an event's seq)")
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 10 or int(raw) > MAX_SEQ:
+        raise bad_request(f"after must be an integer from 0 to {MAX_SEQ} (an event's seq)")
     return int(raw)
 
 

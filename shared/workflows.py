@@ -59,16 +59,17 @@ def put_draft(caller: Caller, workflow_id: str, body: dict[str, Any]) -> dict[st
 class PublishRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    expected_version: int | None = Field(default=None, ge=0)
+    expected_version: int | None = Field(default=None, ge=0, le=2**31 - 1)
 
 
 def _if_match(value: str | None) -> int | None:
     """`If-Match: "3"` (the ETag GET answered) names the version the caller expects."""
     if value is None:
         return None
-    tag = value.strip().removeprefix("W/").strip('"')
-    if not (tag.isascii() and tag.isdigit()) or len(tag) > 9:
-        raise bad_request('If-Match must be a version ETag such as "3"')
+    tag = value.strip()
+    if not re.fullmatch(r'"[0-9]{1,9}"', tag):
+        raise bad_request('If-Match must be a version ETag such as "3" (a strong one)')
+    tag = tag.strip('"')
     return int(tag)
 
 

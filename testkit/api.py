@@ -28,6 +28,7 @@ class Api:
         self.checked: list[tuple[str, str, int]] = []
 
     def _operation(self, method: str, path: str) -> tuple[str, dict[str, Any]]:
+        path = path.partition("?")[0]
         for template, item in self.doc["paths"].items():
             pattern = "^" + re.sub(r"\{[^}]+\}", "[^/]+", template) + "$"
             if re.match(pattern, path) and method.lower() in item:

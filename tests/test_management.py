@@ -470,6 +470,16 @@ BAD = [  # (method, path, request kwargs, status, error code, a word the message
     ("GET", "/jobs/{job}/events?limit=0", {}, 400, "bad_request", "limit"),
     ("GET", "/jobs/{job}/events?colour=red", {}, 400, "bad_request", "colour"),
     ("GET", "/jobs?scope=everyone", {}, 400, "bad_request", "scope"),
+    ("GET", "/jobs/{job}/events?after=9999999999", {}, 400, "bad_request", "after"),
+    ("POST", "/workflows/{wid}/publish", {"json": {"expected_version": 99_999_999_999}}, 400,
+     "bad_request", "expected_version"),
+    ("POST", "/workflows/{wid}/publish", {"headers": {"If-Match": 'W/"1"'}}, 400,
+     "bad_request", "If-Match"),
+    ("PUT", "/workflows/{wid}", {"json": {"definition": GOOD, "tenant_id": "a\u0001b"}}, 400,
+     "bad_request", "tenant_id"),
+    ("PUT", "/transformers/{tid}", {"json": {"type": "transform", "config": {},
+                                              "tenant_id": "a\nb"}}, 400, "bad_request",
+     "tenant_id"),
 ]
 
 

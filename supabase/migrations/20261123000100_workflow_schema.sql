@@ -102,7 +102,8 @@ language plpgsql
 set search_path = ''
 as $$
 declare
-  v_problem text := workflow.definition_problem(new.definition);
+  v_problem text := coalesce(workflow.value_problem(new.definition),
+                             workflow.definition_problem(new.definition));
 begin
   if v_problem is not null then
     raise sqlstate 'PT400' using detail = 'invalid_definition', message = format(

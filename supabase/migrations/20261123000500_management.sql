@@ -84,6 +84,7 @@ set search_path = ''
 as $$
 declare
   v_tenant text;
+  v_existing_tenant text;
   v_published workflow.workflows;
   v_draft workflow.workflow_drafts;
   v_problem text;
@@ -91,21 +92,19 @@ begin
   perform workflow.require_admin(p_claims);
   v_tenant := workflow.owning_tenant(p_claims, p_tenant_id);
   select * into v_published from workflow.workflows where id = p_workflow_id for update;
-  if found then
-    perform workflow.require_manage(p_claims, v_published.tenant_id,
+  select * into v_draft from workflow.workflow_drafts where workflow_id = p_workflow_id;
+  if v_published.id is not null or v_draft.workflow_id is not null then
+    -- An existing workflow (or draft) keeps its tenant.
+    v_existing_tenant := case when v_published.id is not null then v_published.tenant_id
+                              else v_draft.tenant_id end;
+    perform workflow.require_manage(p_claims, v_existing_tenant,
                                     format('workflow %s', to_jsonb(p_workflow_id)));
-    if p_tenant_id is not null and p_tenant_id is distinct from v_published.tenant_id then
+    if p_tenant_id is not null and p_tenant_id is distinct from v_existing_tenant then
       raise sqlstate 'PT409' using detail = 'tenant_conflict', message = format(
         'workflow %s belongs to tenant %s; a workflow never changes tenant',
-        to_jsonb(p_workflow_id), coalesce(to_jsonb(v_published.tenant_id), '"(global)"'));
+        to_jsonb(p_workflow_id), coalesce(to_jsonb(v_existing_tenant), '"(global)"'));
     end if;
-    v_tenant := v_published.tenant_id;
-  else
-    select * into v_draft from workflow.workflow_drafts where workflow_id = p_workflow_id;
-    if found then
-      perform workflow.require_manage(p_claims, v_draft.tenant_id,
-                                      format('workflow %s', to_jsonb(p_workflow_id)));
-    end if;
+    v_tenant := v_existing_tenant;
   end if;
   v_problem := workflow.unknown_transformers(p_definition, v_tenant);
   if v_problem is not null then
@@ -349,8 +348,8 @@ $$;
 -- GET /workflows and GET /workflows/{id} (p_workflow_id): the workflows the caller may
 -- start (active; global or their tenant's), each with what a form needs (description,
 -- input_schema); to an admin also those they manage that are inactive or only a draft,
--- with the definition, the draft and (for one workflow) every version: who published
--- it and when.
+-- whether a draft waits, and for one workflow its definition, the draft's and every
+-- version: who published it and when.
 create or replace function workflow.describe_workflows(
   p_claims jsonb, p_workflow_id text default null
 ) returns jsonb
@@ -374,11 +373,15 @@ as $$
            || case when workflow.claims_manage(p_claims, ids.tenant_id) then
                 jsonb_build_object(
                   'tenant_id', ids.tenant_id, 'active', coalesce(w.is_active, false),
-                  'definition', w.definition, 'updated_at', w.updated_at,
+                  'updated_at', w.updated_at,
                   'draft', case when d.workflow_id is not null then jsonb_build_object(
-                             'description', d.description, 'definition', d.definition,
-                             'updated_by', d.updated_by, 'updated_at', d.updated_at) end)
+                             'description', d.description, 'updated_by', d.updated_by,
+                             'updated_at', d.updated_at) end)
                 || case when p_workflow_id is not null then jsonb_build_object(
+                     'definition', w.definition,
+                     'draft', case when d.workflow_id is not null then jsonb_build_object(
+                                'description', d.description, 'definition', d.definition,
+                                'updated_by', d.updated_by, 'updated_at', d.updated_at) end,
                      'versions', (select coalesce(jsonb_agg(jsonb_build_object(
                                     'version', v.version, 'description', v.description,
                                     'published_by', v.published_by,

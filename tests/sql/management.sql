@@ -1,7 +1,7 @@
 -- The admin functions decide from the caller's claims: who is an admin, which tenant they
 -- administer, what a publish races, what a retry resets. Each refusal changes nothing.
 begin;
-select plan(22);
+select plan(24);
 
 \set uid '00000000-0000-4000-8000-00000000f001'
 \set svc '{"role": "service_role"}'
@@ -54,6 +54,11 @@ select throws_ok(format('select workflow.publish_workflow(%L, 1, %L)', 'tap-wf',
 select throws_ok($$select workflow.start_job('00000000-0000-4000-8000-00000000f001', 'tap-wf', 1,
                    '{}', null, '{"app_metadata": {"tenant_id": "B"}}')$$, 'PT404', null,
                  'another tenant''s user cannot start it');
+
+select is(workflow.put_draft('tap-t', null, :'good', 'A', :'svc') ->> 'tenant_id', 'A',
+          'the service role puts a draft into a tenant');
+select throws_ok(format('select workflow.put_draft(%L, null, %L, %L, %L)', 'tap-t', :'good', 'B',
+                        :'svc'), 'PT409', null, 'and a draft, like a workflow, never changes tenant');
 
 -- What users and admins are shown.
 select is(jsonb_array_length(workflow.describe_workflows(:'user_a', 'tap-wf')), 1,

@@ -13,7 +13,6 @@ from shared.api import first_problem
 from shared.auth import Caller
 from shared.errors import ApiError, bad_request
 from shared.executors import TRANSFORMER_TYPES, ConfigError, validate_config
-from shared.workflows import object_id
 
 
 class TransformerRequest(BaseModel):
@@ -22,14 +21,13 @@ class TransformerRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    type: str = Field(min_length=1, max_length=64)
-    description: str | None = Field(default=None, max_length=2000)
+    type: str
+    description: str | None = None
     config: dict[str, Any] = Field(default_factory=dict)
-    tenant_id: str | None = Field(default=None, min_length=1, max_length=128)
+    tenant_id: str | None = None
 
 
 def put(caller: Caller, transformer_id: str, body: dict[str, Any]) -> dict[str, Any]:
-    transformer_id = object_id(transformer_id, "transformer id")
     try:
         req = TransformerRequest.model_validate(body)
     except ValidationError as exc:

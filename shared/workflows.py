@@ -15,32 +15,21 @@ from shared.auth import Caller
 from shared.definitions import DefinitionError, normalise
 from shared.errors import ApiError, bad_request, not_found
 
-# Workflow and transformer ids; the database's domain workflow.object_id is the same
-# (tests/test_management.py holds them together).
-OBJECT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
-
-
-def object_id(raw: str, what: str) -> str:
-    if not re.fullmatch(OBJECT_ID_PATTERN, raw):
-        raise bad_request(f"{what} {raw[:140]!r} must be 1-128 letters, digits, '_', '.' or '-',"
-                          " starting with a letter or digit")
-    return raw
-
 
 class DraftRequest(BaseModel):
-    """The body of PUT /workflows/{workflowId}."""
+    """The body of PUT /workflows/{workflowId}. What the database bounds (ids, the
+    description's length, tenant ids) it alone checks."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    description: str | None = Field(default=None, max_length=2000)
+    description: str | None = None
     definition: dict[str, Any]
-    tenant_id: str | None = Field(default=None, min_length=1, max_length=128)
+    tenant_id: str | None = None
 
 
 def put_draft(caller: Caller, workflow_id: str, body: dict[str, Any]) -> dict[str, Any]:
     """Validate the definition (400 naming each step and field) and store it, normalised,
     as the workflow's draft; starts never see a draft."""
-    workflow_id = object_id(workflow_id, "workflow id")
     try:
         req = DraftRequest.model_validate(body)
     except ValidationError as exc:
@@ -56,10 +45,14 @@ def put_draft(caller: Caller, workflow_id: str, body: dict[str, Any]) -> dict[st
     }))
 
 
+MAX_INT = 2**31 - 1  # versions and revisions are SQL integers
+
+
 class PublishRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    expected_version: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    expected_version: int | None = Field(default=None, ge=0, le=MAX_INT)
+    draft_revision: int | None = Field(default=None, ge=1, le=MAX_INT)
 
 
 def _if_match(value: str | None) -> int | None:
@@ -75,8 +68,8 @@ def _if_match(value: str | None) -> int | None:
 
 def publish(caller: Caller, workflow_id: str, request: Request) -> dict[str, Any]:
     """The draft becomes the next version. The expected version (If-Match, or the body's
-    expected_version) turns a race with another publish into a 409."""
-    workflow_id = object_id(workflow_id, "workflow id")
+    expected_version) turns a race with another publish into a 409, and draft_revision
+    one with another PUT of the draft."""
     body = request.json_object() if (request.event.body or "").strip() else {}
     try:
         req = PublishRequest.model_validate(body)
@@ -89,11 +82,11 @@ def publish(caller: Caller, workflow_id: str, request: Request) -> dict[str, Any
         expected = req.expected_version
     return db.obj(db.rpc("publish_workflow", {
         "p_workflow_id": workflow_id, "p_expected_version": expected, "p_claims": caller.claims,
+        "p_draft_revision": req.draft_revision,
     }))
 
 
 def deactivate(caller: Caller, workflow_id: str) -> dict[str, Any]:
-    workflow_id = object_id(workflow_id, "workflow id")
     return db.obj(db.rpc("deactivate_workflow",
                          {"p_workflow_id": workflow_id, "p_claims": caller.claims}))
 
@@ -105,7 +98,6 @@ def list_workflows(caller: Caller, query: dict[str, str]) -> dict[str, Any]:
 
 
 def get_workflow(caller: Caller, workflow_id: str) -> dict[str, Any]:
-    workflow_id = object_id(workflow_id, "workflow id")
     found = db.rows(db.rpc("describe_workflows",
                            {"p_claims": caller.claims, "p_workflow_id": workflow_id}))
     if not found:

@@ -142,8 +142,26 @@ def _wait_ready(child: Child, deadline: float) -> None:
     raise RuntimeError(f"{child.name} was not ready in time")
 
 
+RESERVED_PORTS = Path("/proc/sys/net/ipv4/ip_local_reserved_ports")
+
+
+def reserve_ports(ports: list[int]) -> None:
+    """Keep the kernel from handing the stack's ports out as the source ports of outgoing
+    connections (they lie in Linux's ephemeral range, 32768-60999): a connection to
+    PostgREST that happened to leave from 54324 kept the S3 server from starting. Needs
+    root; elsewhere the stack does without (a clash stays rare)."""
+    try:
+        current = RESERVED_PORTS.read_text().strip()
+        wanted = ",".join(filter(None, [current, *map(str, ports)]))
+        if os.geteuid() == 0 and wanted != current:
+            RESERVED_PORTS.write_text(wanted)
+    except OSError:
+        pass
+
+
 def supervise(cfg: StackConfig) -> None:
     """Run the stack in the foreground until SIGINT or SIGTERM."""
+    reserve_ports(list(cfg.ports().values()))
     for name, port in cfg.ports().items():
         if name != "SUPAFLOW_DB_PORT" or not postgres.is_running(cfg):
             check_port_free(cfg.host, port, name)

@@ -116,6 +116,7 @@ def env(
     monkeypatch.delenv("AWS_REGION", raising=False)
     monkeypatch.delenv("GEMINI_BASE_URL", raising=False)
     monkeypatch.setenv("GEMINI_API_KEY", API_KEY)
+    monkeypatch.setenv("SUPAFLOW_ALLOWED_HOSTS", "127.0.0.1")  # the fake's host, for config.base_url
     storage.client.cache_clear()
     storage.ensure_bucket(BUCKET)
     fake_gemini.http.post("/_control/reset").raise_for_status()
@@ -358,24 +359,24 @@ def test_json_not_matching_schema_is_permanent(fake_gemini: FakeGemini) -> None:
 def test_missing_api_key_env_var_is_permanent(
     fake_gemini: FakeGemini, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("SUPAFLOW_TEST_GEMINI_KEY", raising=False)
+    monkeypatch.delenv("SUPAFLOW_SECRET_TEST_GEMINI_KEY", raising=False)
 
     with pytest.raises(StepError) as info:
         gemini_prompt.execute(
-            config(fake_gemini, api_key_env_var="SUPAFLOW_TEST_GEMINI_KEY"), {}, ctx()
+            config(fake_gemini, api_key_env_var="SUPAFLOW_SECRET_TEST_GEMINI_KEY"), {}, ctx()
         )
 
     assert info.value.retryable is False
-    assert "SUPAFLOW_TEST_GEMINI_KEY" in info.value.message
+    assert "SUPAFLOW_SECRET_TEST_GEMINI_KEY" in info.value.message
     assert fake_gemini.requests() == []
 
 
 def test_key_is_read_from_the_named_env_var(
     fake_gemini: FakeGemini, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("SUPAFLOW_TEST_GEMINI_KEY", "other-key")
+    monkeypatch.setenv("SUPAFLOW_SECRET_TEST_GEMINI_KEY", "other-key")
     gemini_prompt.execute(
-        config(fake_gemini, api_key_env_var="SUPAFLOW_TEST_GEMINI_KEY"), {}, ctx()
+        config(fake_gemini, api_key_env_var="SUPAFLOW_SECRET_TEST_GEMINI_KEY"), {}, ctx()
     )
     assert fake_gemini.requests()[0]["api_key"] == "other-key"
 
@@ -450,3 +451,15 @@ def test_fake_values_follow_the_schema() -> None:
     value = fake_value(schema)
     jsonschema.validate(value, schema, format_checker=jsonschema.FormatChecker())
     assert value["kinds"] == ["a", "b", "a"]
+
+
+def test_the_key_goes_only_to_google_or_an_allowlisted_host(
+        fake_gemini: FakeGemini, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An admin's config.base_url must not send the deployment's Gemini key elsewhere."""
+    monkeypatch.setenv("SUPAFLOW_ALLOWED_HOSTS", "")
+    settings.cache_clear()
+    before = len(fake_gemini.requests())
+    with pytest.raises(StepError) as info:
+        gemini_prompt.execute(config(fake_gemini), {}, ctx())
+    assert not info.value.retryable and "SUPAFLOW_ALLOWED_HOSTS" in info.value.message
+    assert len(fake_gemini.requests()) == before

@@ -4,16 +4,16 @@ PostgREST), retry from the failed step, the event log, health."""
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from shared import health, workflows
+from shared import health
 from testkit.api import Api
 from testkit.faults import postgrest_stopped
 from testkit.invariants import assert_consistent_log
@@ -48,6 +48,7 @@ def counts(stack: Stack) -> tuple[int, ...]:
         "select (select count(*) from workflow.workflows), (select count(*) from"
         " workflow.workflow_versions), (select count(*) from workflow.workflow_drafts),"
         " (select count(*) from workflow.transformers), (select count(*) from workflow.jobs),"
+        " (select count(*) from workflow.job_steps where attempt = 0 and status <> 'completed'),"
         " (select count(*) from workflow.job_events), (select coalesce(sum(version), 0)"
         " from workflow.workflows), (select count(*) from workflow.workflows where is_active)")[0])
 
@@ -242,7 +243,8 @@ def test_tenants_see_and_control_only_their_own(stack: Stack, api: Api, service:
     assert rest(stack, f"/job_events?select=seq&job_id=eq.{job_a}", admin_b.token) == []
     assert len(rest(stack, f"/job_events?select=seq&job_id=eq.{job_a}", admin_a.token)) > 3
     assert rest(stack, "/transformers?select=id", user_a.token) == []
-    assert "transform" in {r["id"] for r in rest(stack, "/transformers?select=id", admin_a.token)}
+    assert "transform" not in {r["id"] for r in rest(stack, "/transformers?select=id",
+                                                     admin_a.token)}  # global: not theirs
     assert rest(stack, f"/workflow_versions?select=version&workflow_id=eq.{wa}", user_a.token) == []
     assert rest(stack, f"/workflow_versions?select=version&workflow_id=eq.{wa}",
                 admin_b.token) == []
@@ -267,6 +269,30 @@ def test_tenants_see_and_control_only_their_own(stack: Stack, api: Api, service:
     assert unknown.status_code == 422 and unknown.json()["error"]["code"] == "unknown_transformer"
     assert ta not in {t["transformer_id"] for t in api.request(
         "GET", "/transformers", admin_b.token).json()["transformers"]}
+    before = counts(stack)
+    taken = Admin(api, admin_b.token).put_transformer(ta, "transform", {"fail": {}})
+    assert taken.status_code == 404, taken.text
+    assert counts(stack) == before
+    # A global transformer's config is not a tenant admin's to read.
+    hook = fresh("t-hook")
+    service.put_transformer(hook, "webhook_call", {"url": "https://hooks.example.com/x",
+                                                   "secret_env_var": WEBHOOK_SECRET_ENV,
+                                                   "headers": {"X-Api-Key": "global-only"}})
+    listed = {t["transformer_id"]: t for t in api.request(
+        "GET", "/transformers", admin_a.token).json()["transformers"]}
+    assert listed[hook]["config"] is None and listed[ta]["config"] == {}
+    assert rest(stack, f"/transformers?select=id&id=eq.{hook}", admin_a.token) == []
+    # Drafts and steps through PostgREST, across tenants.
+    draft = fresh("wf-draft")
+    Admin(api, admin_a.token).put_workflow(draft, chain_of(["transform"]))
+    assert [r["workflow_id"] for r in rest(
+        stack, f"/workflow_drafts?select=workflow_id&workflow_id=eq.{draft}", admin_a.token)] == [draft]
+    for token in (admin_b.token, user_a.token):
+        assert rest(stack, f"/workflow_drafts?select=workflow_id&workflow_id=eq.{draft}", token) == []
+    assert rest(stack, f"/job_steps?select=step_id&job_id=eq.{job_a}", admin_b.token) == []
+    assert rest(stack, f"/job_steps?select=step_id&job_id=eq.{job_a}", user_b.token) == []
+    assert [r["step_id"] for r in rest(stack, f"/job_steps?select=step_id&job_id=eq.{job_a}",
+                                       admin_a.token)] == ["s1"]
 
 
 # Retry and the event log ---------------------------------------------------------------
@@ -365,13 +391,6 @@ def test_health_knows_every_migration() -> None:
     assert list(health.MIGRATIONS) == files
 
 
-def test_ids_follow_the_same_rule_in_python_and_sql(stack: Stack) -> None:
-    (check,) = stack.sql(
-        "select pg_get_constraintdef(c.oid) from pg_constraint c join pg_type t"
-        " on t.oid = c.contypid where t.typname = 'object_id'")[0]
-    assert re.search(r"'(.*)'::text", check).group(1) == workflows.OBJECT_ID_PATTERN  # type: ignore[union-attr]
-
-
 # Listing jobs --------------------------------------------------------------------------
 
 
@@ -463,6 +482,17 @@ BAD = [  # (method, path, request kwargs, status, error code, a word the message
         "bucket": "b", "key_template": "{job_id}/{password}"}}}, 400, "invalid_config",
      "config.key_template"),
     ("PUT", "/transformers/{tid}", {"json": {"config": {}}}, 400, "bad_request", "type"),
+    ("PUT", "/transformers/{tid}", {"json": {"type": "webhook_call", "config": {
+        "url": "https://example.com/", "secret_env_var": "SUPABASE_SERVICE_ROLE_KEY"}}}, 400,
+     "invalid_config", "config.secret_env_var"),
+    ("PUT", "/transformers/{tid}", {"json": {"type": "gemini_prompt", "config": {
+        "model": "m", "api_key_env_var": "SUPAFLOW_INTERNAL_TOKEN"}}}, 400, "invalid_config",
+     "config.api_key_env_var"),
+    ("PUT", "/transformers/{tid}", {"json": {"type": "transform", "config": {
+        "fail": {"message": "x" * 2_000_000}}}}, 413, "payload_too_large", "exceeds"),
+    ("PUT", "/transformers/{tid}", {"json": {"type": "transform", "config": {},
+                                              "description": "d" * 2001}}, 400, "bad_request",
+     "description"),
     ("POST", "/jobs/not-a-uuid/retry", {}, 400, "bad_request", "UUID"),
     ("POST", "/jobs/{job}/retry", {}, 404, "not_found", "not found"),
     ("GET", "/jobs/{job}/events", {}, 404, "not_found", "not found"),
@@ -538,3 +568,56 @@ def test_a_definition_written_in_sql_is_checked_too(stack: Stack) -> None:
     with pytest.raises(Exception, match="object_id"):
         stack.sql("insert into workflow.transformers (id, type, target_function)"
                   " values ('no spaces allowed', 'transform', 'execute-transform')")
+
+
+def test_concurrent_publishes_of_one_version_make_one(stack: Stack, api: Api,
+                                                      service: Admin) -> None:
+    """Two admins publish the draft they both saw at version 1: one wins, one gets a 409,
+    whichever order the database takes them in."""
+    wid = fresh("wf")
+    service.deploy(wid, chain_of(["transform"]))
+    draft = service.put_workflow(wid, chain_of(["transform", "transform"])).json()["draft"]
+    headers = {"Authorization": f"Bearer {stack.sec.service_role_key}", "If-Match": '"1"'}
+    body = {"draft_revision": draft["revision"]}
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: httpx.post(
+            f"{stack.api_url}/workflows/{wid}/publish", headers=headers, json=body, timeout=30),
+            range(4)))
+    assert sorted(a.status_code for a in answers) == [200, 409, 409, 409], [a.text for a in answers]
+    assert stack.sql("select version from workflow.workflows where id = %s", (wid,))[0][0] == 2
+    assert stack.sql("select count(*) from workflow.workflow_versions where workflow_id = %s",
+                     (wid,))[0][0] == 2
+
+
+def test_a_draft_changed_since_it_was_read_is_not_published(stack: Stack, api: Api,
+                                                          service: Admin) -> None:
+    wid = fresh("wf")
+    seen = service.put_workflow(wid, chain_of(["transform"])).json()["draft"]["revision"]
+    changed = service.put_workflow(wid, chain_of(["transform", "transform"])).json()["draft"]
+    assert changed["revision"] == seen + 1
+    before = counts(stack)
+    refused = service.publish(wid, json={"draft_revision": seen})
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "draft_changed"
+    assert counts(stack) == before
+    assert service.publish(wid, json={"draft_revision": changed["revision"]}).status_code == 200
+
+
+def test_retrying_a_job_that_failed_while_finishing_finishes_it_again(
+        stack: Stack, api: Api, service: Admin) -> None:
+    """Every step complete, the final result over the bounds: the retry reruns no step and
+    the orchestrator's sweep finishes the job again (here: fails it again, for the same
+    reason), instead of leaving it pending forever."""
+    half = {"id": "a", "transformer": "transform", "depends_on": [], "inputs": {"v": "$.input.x"}}
+    wid = fresh("wf")
+    service.deploy(wid, {"steps": [half, {**half, "id": "b"}],
+                         "output": {"a": "$.steps.a.output", "b": "$.steps.b.output"}})
+    user = stack.create_user()
+    job_id = start(api, user, wid, {"x": "z" * 600_000})
+    first = wait_job(api, user, job_id)
+    assert first["status"] == "failed" and first["error_message"].startswith("the final result")
+    retried = api.request("POST", f"/jobs/{job_id}/retry", user.token)
+    assert retried.status_code == 202, retried.text
+    assert retried.json() == {"job_id": job_id, "status": "running", "retried_steps": []}
+    again = wait_job(api, user, job_id, 90)
+    assert again["status"] == "failed" and again["error_message"].startswith("the final result")
+    assert {s["step_id"]: s["attempt"] for s in again["steps"]} == {"a": 1, "b": 1}

@@ -253,7 +253,7 @@ def test_secret_looking_api_key_env_var_is_refused(value: str) -> None:
 
 
 def test_webhook_defaults_are_todays() -> None:
-    cfg = WebhookCallConfig.model_validate({"secret_env_var": "S"})
+    cfg = WebhookCallConfig.model_validate({"secret_env_var": "SUPAFLOW_SECRET_S"})
     assert cfg.url is None and cfg.headers is None and cfg.allow_hosts is None
     assert cfg.timeout_s == 30.0
 

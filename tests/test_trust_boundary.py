@@ -166,6 +166,7 @@ def test_no_workflow_function_is_executable_by_users(stack: Stack) -> None:
         ("workflow.claims_admin(jsonb)", "authenticated"),
         ("workflow.claims_manage(jsonb,text)", "authenticated"),
         ("workflow.claims_reach(jsonb,text)", "authenticated"),
+        ("workflow.claims_service(jsonb)", "authenticated"),
         ("workflow.claims_tenant(jsonb)", "authenticated"),
     ]
     functions = stack.sql("select count(*) from pg_proc p join pg_namespace n"

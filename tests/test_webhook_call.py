@@ -19,7 +19,7 @@ from shared.executors.base import StepContext, StepError
 from shared.executors.webhook_call import MAX_RESPONSE_BYTES, execute, verify_signature
 
 SECRET = "whsec-test-0123456789"
-SECRET_ENV = "TEST_WEBHOOK_SECRET"
+SECRET_ENV = "SUPAFLOW_SECRET_TEST_WEBHOOK"
 
 
 @dataclass
@@ -180,16 +180,23 @@ def test_signature_expires_outside_the_tolerance(receiver: Receiver) -> None:
 
 def test_text_answer_and_body_url_from_inputs(receiver: Receiver) -> None:
     out = execute(
-        {
-            "secret_env_var": SECRET_ENV,
-            "url": "http://10.0.0.1/never",
-            "allow_hosts": receiver.allow,
-        },
+        {"secret_env_var": SECRET_ENV, "allow_hosts": receiver.allow},
         {"body": [1, 2], "url": receiver.url("/text")},
         _ctx(),
     )
     assert out == {"status_code": 202, "response": "queued"}
     assert receiver.deliveries[0].body == b"[1,2]"
+
+
+def test_inputs_cannot_send_a_configured_webhook_elsewhere(receiver: Receiver) -> None:
+    """The transformer's secret and headers are for its own url: a workflow's inputs may
+    not point them at another host (and so get any body signed)."""
+    with pytest.raises(StepError) as info:
+        execute({"secret_env_var": SECRET_ENV, "url": receiver.url("/hook"),
+                 "headers": {"X-Api-Key": "k"}, "allow_hosts": receiver.allow},
+                {"body": {}, "url": receiver.url("/text")}, _ctx())
+    assert not info.value.retryable and "override" in info.value.message
+    assert receiver.deliveries == []
 
 
 def test_large_answer_is_truncated(receiver: Receiver) -> None:

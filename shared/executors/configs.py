@@ -38,6 +38,13 @@ from shared.executors.base import StepError
 # time left caps them again at run time.
 MAX_TIMEOUT_S = 900.0
 ENV_VAR_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
+# The environment variables a transformer may name: the two the deployment documents,
+# and any the operator sets for transformers under SUPAFLOW_SECRET_. Never the
+# deployment's own credentials (SUPABASE_SERVICE_ROLE_KEY, SUPABASE_JWT_SECRET,
+# SUPAFLOW_INTERNAL_TOKEN, AWS_*...), which every function has in its environment: an
+# admin naming one would have it sent to a host of their choosing.
+SECRET_ENV_VARS = frozenset({"GEMINI_API_KEY", "SUPAFLOW_WEBHOOK_SECRET"})
+SECRET_ENV_PREFIX = "SUPAFLOW_SECRET_"  # noqa: S105 - a name prefix, not a secret
 ENV_ADVICE = "put the secret in an environment variable and name it {where}"
 MAX_ALLOW_HOSTS = 100
 
@@ -79,6 +86,12 @@ def _env_var_name(value: str) -> str:
         raise ValueError(
             "must be the name of an environment variable (A-Z, 0-9 and _, not starting with a "
             "digit, at most 128 characters), not a secret: " + ENV_ADVICE.format(where="here")
+        )
+    if value not in SECRET_ENV_VARS and not value.startswith(SECRET_ENV_PREFIX):
+        raise ValueError(
+            f"may name only {', '.join(sorted(SECRET_ENV_VARS))} or a variable whose name starts"
+            f" with {SECRET_ENV_PREFIX} (the deployment's own credentials are never a"
+            " transformer's)"
         )
     return value
 

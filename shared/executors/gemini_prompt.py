@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import httpx
 from botocore.exceptions import BotoCoreError, ClientError
@@ -30,6 +31,7 @@ from jsonschema.exceptions import best_match
 from pydantic import ValidationError
 
 from shared import storage
+from shared.executors import netguard
 from shared.executors.base import StepContext, StepError
 from shared.executors.configs import (
     DEFAULT_GEMINI_TIMEOUT_S,
@@ -67,7 +69,7 @@ def execute(config: dict[str, Any], inputs: dict[str, Any], ctx: StepContext) ->
     prompt = _prompt(cfg, inputs)
     schema = cfg.response_schema
     deadline = time.monotonic() + _timeout_s(cfg, ctx)
-    client = _client(_api_key(cfg), cfg.base_url or settings().gemini_base_url or None)
+    client = _client(_api_key(cfg), _base_url(cfg))
     files = _file_refs(inputs)
 
     uploaded: list[str] = []
@@ -128,6 +130,24 @@ def _api_key(cfg: GeminiPromptConfig) -> str:
         raise StepError(f"the Gemini API key is missing: environment variable {env_var} "
                         "is not set (config.api_key_env_var names it)", retryable=False)
     return key
+
+
+GEMINI_HOST = "generativelanguage.googleapis.com"
+
+
+def _base_url(cfg: GeminiPromptConfig) -> str | None:
+    """Where the API key is sent: Google, the deployment's GEMINI_BASE_URL, or a
+    config.base_url whose host SUPAFLOW_ALLOWED_HOSTS lists (an admin may not have the
+    key sent to a host of their choosing)."""
+    if not cfg.base_url:
+        return settings().gemini_base_url or None
+    parts = urlsplit(cfg.base_url)
+    host = (parts.hostname or "").lower()
+    if host != GEMINI_HOST and not netguard.is_allowlisted(
+            host, parts.port or (443 if parts.scheme == "https" else 80), netguard.allowed_hosts()):
+        raise StepError(f"config.base_url: host {host!r} is neither {GEMINI_HOST} nor listed in"
+                        " SUPAFLOW_ALLOWED_HOSTS", retryable=False)
+    return cfg.base_url
 
 
 def _client(api_key: str, base_url: str | None) -> genai.Client:

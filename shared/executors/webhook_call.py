@@ -63,6 +63,11 @@ def execute(config: dict[str, Any], inputs: dict[str, Any], ctx: StepContext) ->
     url = inputs.get("url") or cfg.url
     if not isinstance(url, str) or not url:
         raise StepError("a non-empty 'url' is required in config or inputs", retryable=False)
+    if cfg.url and url != cfg.url:
+        # The transformer's headers and secret are meant for its own url: a workflow may
+        # not send them (or get its bodies signed) elsewhere.
+        raise StepError("input 'url' may not override the transformer's config.url",
+                        retryable=False)
     secret = _secret(cfg.secret_env_var)
     try:
         # Serialised once: the signature covers exactly the bytes sent.

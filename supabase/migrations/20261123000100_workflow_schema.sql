@@ -26,6 +26,26 @@ $$;
 
 -- Definitions -----------------------------------------------------------------
 
+-- Every JSON value the engine stores from outside (a job's input, a step's
+-- output, a definition, a transformer's config) is bounded where it enters: at most 64 levels of nesting (a scalar is
+-- 0, `{"a": 1}` is 1) and at most 1 MiB of JSON text as Postgres prints it.
+-- Returns what is wrong, or null. `.**{64}` reaches the containers at level 64,
+-- i.e. inside 64 others, and stops there: the check never walks deeper.
+create or replace function workflow.value_problem(p_value jsonb) returns text
+language sql
+immutable
+set search_path = ''
+as $$
+  select case
+    when jsonb_path_exists(p_value,
+           'strict $.**{64} ? (@.type() == "object" || @.type() == "array")')
+      then 'nested more than 64 levels deep'
+    when octet_length(p_value::text) > 1048576
+      then format('%s bytes of JSON, over the 1 MiB (1048576-byte) cap',
+                  octet_length(p_value::text))
+  end
+$$;
+
 -- True when p_value is a JSON number in [p_lo, p_hi] (and whole, if p_integer).
 create or replace function workflow.number_within(
   p_value jsonb, p_lo numeric, p_hi numeric, p_integer boolean default false
@@ -126,7 +146,7 @@ create domain workflow.tenant_id as text
 create table workflow.workflows (
   id workflow.object_id primary key,
   tenant_id workflow.tenant_id,
-  description text,
+  description text check (char_length(description) <= 2000),
   definition jsonb not null check (jsonb_typeof(definition) = 'object'),
   version integer not null default 1,
   is_active boolean not null default true,
@@ -184,6 +204,8 @@ create table workflow.workflow_drafts (
   tenant_id workflow.tenant_id,
   description text check (char_length(description) <= 2000),
   definition jsonb not null check (jsonb_typeof(definition) = 'object'),
+  -- Counts the PUTs of this draft: a publish may name the revision its caller saw.
+  revision integer not null default 1,
   updated_by text not null,
   updated_at timestamptz not null default now()
 );
@@ -196,8 +218,9 @@ create table workflow.transformers (
   id workflow.object_id primary key,
   tenant_id workflow.tenant_id,
   type text not null,
-  description text,
-  config jsonb not null default '{}'::jsonb check (jsonb_typeof(config) = 'object'),
+  description text check (char_length(description) <= 2000),
+  config jsonb not null default '{}'::jsonb
+    check (jsonb_typeof(config) = 'object' and workflow.value_problem(config) is null),
   target_function text not null,
   created_at timestamptz not null default now(),
   updated_at timestamptz not null default now()
@@ -240,6 +263,7 @@ create table workflow.jobs (
 
 create index jobs_user_created_idx on workflow.jobs (user_id, created_at desc, id desc);
 create index jobs_tenant_created_idx on workflow.jobs (tenant_id, created_at desc, id desc);
+create index jobs_created_idx on workflow.jobs (created_at desc, id desc);
 create index jobs_status_step_idx on workflow.jobs (status, current_step_id);
 create index jobs_workflow_idx on workflow.jobs (workflow_id);
 create index jobs_retry_idx on workflow.jobs (next_retry_at) where status = 'awaiting_retry';
@@ -331,6 +355,15 @@ insert into workflow.config default values;
 -- RLS with auth.jwt(), and the service role's functions with the claims the HTTP
 -- function verified (p_claims; {"role": "service_role"} for the service-role key).
 
+-- The service role (the service-role key): admin of every tenant.
+create or replace function workflow.claims_service(p_claims jsonb) returns boolean
+language sql
+immutable
+set search_path = ''
+as $$
+  select coalesce(p_claims ->> 'role' = 'service_role', false)
+$$;
+
 -- The caller's tenant: the claim workflow.config names (default app_metadata.tenant_id).
 create or replace function workflow.claims_tenant(p_claims jsonb) returns text
 language sql
@@ -348,8 +381,8 @@ language sql
 immutable
 set search_path = ''
 as $$
-  select coalesce(p_claims ->> 'role' = 'service_role'
-                  or p_claims #>> '{app_metadata,supaflow_role}' = 'admin', false)
+  select workflow.claims_service(p_claims)
+         or coalesce(p_claims #>> '{app_metadata,supaflow_role}' = 'admin', false)
 $$;
 
 -- Administers objects of p_tenant (null: the global ones): the service role all of
@@ -359,7 +392,7 @@ language sql
 stable
 set search_path = ''
 as $$
-  select coalesce(p_claims ->> 'role' = 'service_role', false)
+  select workflow.claims_service(p_claims)
          or (workflow.claims_admin(p_claims)
              and p_tenant is not distinct from workflow.claims_tenant(p_claims))
 $$;
@@ -371,7 +404,7 @@ language sql
 stable
 set search_path = ''
 as $$
-  select p_tenant is null or coalesce(p_claims ->> 'role' = 'service_role', false)
+  select p_tenant is null or workflow.claims_service(p_claims)
          or p_tenant = workflow.claims_tenant(p_claims)
 $$;
 
@@ -426,16 +459,19 @@ create policy workflow_versions_read on workflow.workflow_versions
 create policy workflow_drafts_read on workflow.workflow_drafts
   for select to authenticated using (workflow.claims_manage((select auth.jwt()), tenant_id));
 
+-- Only the transformers an admin manages: another's config (a global webhook's headers,
+-- say) is not theirs to read. list_transformers shows the global ones without config.
 create policy transformers_read on workflow.transformers
-  for select to authenticated using (
-    workflow.claims_admin((select auth.jwt())) and workflow.claims_reach((select auth.jwt()), tenant_id)
-  );
+  for select to authenticated using (workflow.claims_manage((select auth.jwt()), tenant_id));
 
+-- claims_control, written out so each branch can use an index: the owner's jobs
+-- (jobs_user_created_idx), an admin's tenant's (jobs_tenant_created_idx).
 create policy jobs_read on workflow.jobs
   for select to authenticated using (
     user_id = (select auth.uid())
     or ((select workflow.claims_admin(auth.jwt()))
-        and tenant_id is not distinct from (select workflow.claims_tenant(auth.jwt())))
+        and (tenant_id = (select workflow.claims_tenant(auth.jwt()))
+             or (tenant_id is null and (select workflow.claims_tenant(auth.jwt())) is null)))
   );
 
 create policy job_steps_read on workflow.job_steps

@@ -61,7 +61,7 @@ as $$
 declare
   v_own text := workflow.claims_tenant(p_claims);
 begin
-  if coalesce(p_claims ->> 'role' = 'service_role', false) then
+  if workflow.claims_service(p_claims) then
     return p_tenant;
   end if;
   if p_tenant is not null and p_tenant is distinct from v_own then
@@ -70,6 +70,55 @@ begin
   end if;
   return v_own;
 end
+$$;
+
+-- The tenant of an existing workflow or transformer (p_existing; p_exists false for a new
+-- one), checked: the caller must administer it (else 404), and it never changes tenant
+-- (409). For a new one, the tenant the caller may give it (owning_tenant).
+create or replace function workflow.kept_tenant(
+  p_claims jsonb, p_what text, p_exists boolean, p_existing text, p_requested text
+) returns text
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  if not p_exists then
+    return workflow.owning_tenant(p_claims, p_requested);
+  end if;
+  perform workflow.require_manage(p_claims, p_existing, p_what);
+  if p_requested is not null and p_requested is distinct from p_existing then
+    raise sqlstate 'PT409' using detail = 'tenant_conflict', message = format(
+      '%s belongs to tenant %s, and never changes tenant', p_what,
+      coalesce(to_jsonb(p_existing), '"(global)"'));
+  end if;
+  return p_existing;
+end
+$$;
+
+-- Refuses an id the domain workflow.object_id would refuse, with a message naming it.
+create or replace function workflow.check_object_id(p_id text, p_what text) returns void
+language plpgsql
+immutable
+set search_path = ''
+as $$
+begin
+  perform p_id::workflow.object_id;
+exception when check_violation then
+  raise sqlstate 'PT400' using detail = 'bad_request', message = format(
+    '%s %s must be 1-128 letters, digits, "_", "." or "-", starting with a letter or digit',
+    p_what, to_jsonb(left(p_id, 140)));
+end
+$$;
+
+-- Serialises every change of one workflow (or transformer): p_kind and p_id name it.
+-- Held to commit, so a PUT, a publish and a delete of one id take turns, also before
+-- any of its rows exist (two first PUTs of one id by two tenants).
+create or replace function workflow.lock_object(p_kind text, p_id text) returns void
+language sql
+set search_path = ''
+as $$
+  select pg_advisory_xact_lock(hashtextextended('supaflow: ' || p_kind || ' ' || p_id, 0))
 $$;
 
 -- PUT /workflows/{id}: creates or replaces the workflow's draft. p_definition is in
@@ -84,28 +133,19 @@ set search_path = ''
 as $$
 declare
   v_tenant text;
-  v_existing_tenant text;
   v_published workflow.workflows;
   v_draft workflow.workflow_drafts;
   v_problem text;
 begin
   perform workflow.require_admin(p_claims);
-  v_tenant := workflow.owning_tenant(p_claims, p_tenant_id);
-  select * into v_published from workflow.workflows where id = p_workflow_id for update;
+  perform workflow.check_object_id(p_workflow_id, 'workflow id');
+  perform workflow.lock_object('workflow', p_workflow_id);
+  select * into v_published from workflow.workflows where id = p_workflow_id;
   select * into v_draft from workflow.workflow_drafts where workflow_id = p_workflow_id;
-  if v_published.id is not null or v_draft.workflow_id is not null then
-    -- An existing workflow (or draft) keeps its tenant.
-    v_existing_tenant := case when v_published.id is not null then v_published.tenant_id
-                              else v_draft.tenant_id end;
-    perform workflow.require_manage(p_claims, v_existing_tenant,
-                                    format('workflow %s', to_jsonb(p_workflow_id)));
-    if p_tenant_id is not null and p_tenant_id is distinct from v_existing_tenant then
-      raise sqlstate 'PT409' using detail = 'tenant_conflict', message = format(
-        'workflow %s belongs to tenant %s; a workflow never changes tenant',
-        to_jsonb(p_workflow_id), coalesce(to_jsonb(v_existing_tenant), '"(global)"'));
-    end if;
-    v_tenant := v_existing_tenant;
-  end if;
+  v_tenant := workflow.kept_tenant(
+    p_claims, format('workflow %s', to_jsonb(p_workflow_id)),
+    v_published.id is not null or v_draft.workflow_id is not null,
+    coalesce(v_published.tenant_id, v_draft.tenant_id), p_tenant_id);
   v_problem := workflow.unknown_transformers(p_definition, v_tenant);
   if v_problem is not null then
     raise sqlstate 'PT422' using detail = 'unknown_transformer', message = v_problem;
@@ -115,12 +155,13 @@ begin
   values (p_workflow_id, v_tenant, p_description, p_definition,
           workflow.claims_actor(p_claims), now())
   on conflict (workflow_id) do update set
-    tenant_id = excluded.tenant_id, description = excluded.description,
-    definition = excluded.definition, updated_by = excluded.updated_by, updated_at = now()
+    description = excluded.description, definition = excluded.definition,
+    revision = d.revision + 1, updated_by = excluded.updated_by, updated_at = now()
   returning * into v_draft;
   return jsonb_build_object(
     'workflow_id', p_workflow_id, 'tenant_id', v_tenant, 'version', v_published.version,
-    'draft', jsonb_build_object('description', v_draft.description,
+    'draft', jsonb_build_object('revision', v_draft.revision,
+                                'description', v_draft.description,
                                 'definition', v_draft.definition,
                                 'updated_by', v_draft.updated_by,
                                 'updated_at', v_draft.updated_at));
@@ -131,8 +172,11 @@ $$;
 -- active. p_expected_version (the version the caller saw; 0 for none yet) makes a
 -- publish that raced another fail (PT409) instead of overwriting it. Jobs already
 -- running keep the version they started with. An unchanged definition is no new version.
+-- p_draft_revision (the draft revision the caller saw) makes publishing a draft someone
+-- changed since fail (PT409) instead of publishing what the caller never saw.
 create or replace function workflow.publish_workflow(
-  p_workflow_id text, p_expected_version integer, p_claims jsonb
+  p_workflow_id text, p_expected_version integer, p_claims jsonb,
+  p_draft_revision integer default null
 ) returns jsonb
 language plpgsql
 set search_path = ''
@@ -143,10 +187,9 @@ declare
   v_after integer;
   v_problem text;
 begin
-  -- Lock order: the draft, then the workflow (put_draft takes the workflow only).
-  select * into v_draft from workflow.workflow_drafts where workflow_id = p_workflow_id
-  for update;
-  select version into v_before from workflow.workflows where id = p_workflow_id for update;
+  perform workflow.lock_object('workflow', p_workflow_id);
+  select * into v_draft from workflow.workflow_drafts where workflow_id = p_workflow_id;
+  select version into v_before from workflow.workflows where id = p_workflow_id;
   if v_draft.workflow_id is null then
     if v_before is null then
       perform workflow.require_admin(p_claims);
@@ -165,6 +208,11 @@ begin
     raise sqlstate 'PT409' using detail = 'version_conflict', hint = coalesce(v_before, 0)::text,
       message = format('workflow %s is at version %s, not %s: someone published since',
                        to_jsonb(p_workflow_id), coalesce(v_before, 0), p_expected_version);
+  end if;
+  if p_draft_revision is not null and p_draft_revision <> v_draft.revision then
+    raise sqlstate 'PT409' using detail = 'draft_changed', hint = v_draft.revision::text,
+      message = format('the draft of workflow %s is at revision %s, not %s: someone changed it',
+                       to_jsonb(p_workflow_id), v_draft.revision, p_draft_revision);
   end if;
   v_problem := workflow.unknown_transformers(v_draft.definition, v_draft.tenant_id);
   if v_problem is not null then
@@ -200,7 +248,8 @@ as $$
 declare
   v_workflow workflow.workflows;
 begin
-  select * into v_workflow from workflow.workflows where id = p_workflow_id for update;
+  perform workflow.lock_object('workflow', p_workflow_id);
+  select * into v_workflow from workflow.workflows where id = p_workflow_id;
   perform workflow.require_manage(p_claims, v_workflow.tenant_id,
                                   format('workflow %s', to_jsonb(p_workflow_id)));
   if v_workflow.id is null then
@@ -228,18 +277,12 @@ declare
   v_row workflow.transformers;
 begin
   perform workflow.require_admin(p_claims);
-  v_tenant := workflow.owning_tenant(p_claims, p_tenant_id);
-  select * into v_existing from workflow.transformers where id = p_transformer_id for update;
-  if found then
-    perform workflow.require_manage(p_claims, v_existing.tenant_id,
-                                    format('transformer %s', to_jsonb(p_transformer_id)));
-    if p_tenant_id is not null and p_tenant_id is distinct from v_existing.tenant_id then
-      raise sqlstate 'PT409' using detail = 'tenant_conflict', message = format(
-        'transformer %s belongs to tenant %s; a transformer never changes tenant',
-        to_jsonb(p_transformer_id), coalesce(to_jsonb(v_existing.tenant_id), '"(global)"'));
-    end if;
-    v_tenant := v_existing.tenant_id;
-  end if;
+  perform workflow.check_object_id(p_transformer_id, 'transformer id');
+  perform workflow.lock_object('transformer', p_transformer_id);
+  select * into v_existing from workflow.transformers where id = p_transformer_id;
+  v_tenant := workflow.kept_tenant(
+    p_claims, format('transformer %s', to_jsonb(p_transformer_id)), v_existing.id is not null,
+    v_existing.tenant_id, p_tenant_id);
   insert into workflow.transformers as t
     (id, tenant_id, type, description, config, target_function)
   values (p_transformer_id, v_tenant, p_type, p_description, p_config, p_target_function)
@@ -254,7 +297,8 @@ begin
 end
 $$;
 
--- GET /transformers: those the caller's workflows may use (global and their tenant's).
+-- GET /transformers: those the caller's workflows may use (global and their tenant's);
+-- the config only of those they manage (a global one's may hold a webhook's headers).
 create or replace function workflow.list_transformers(p_claims jsonb) returns jsonb
 language plpgsql
 stable
@@ -265,7 +309,8 @@ begin
   return coalesce((
     select jsonb_agg(jsonb_build_object(
              'transformer_id', t.id, 'tenant_id', t.tenant_id, 'type', t.type,
-             'description', t.description, 'config', t.config,
+             'description', t.description,
+             'config', case when workflow.claims_manage(p_claims, t.tenant_id) then t.config end,
              'target_function', t.target_function, 'updated_at', t.updated_at) order by t.id)
     from workflow.transformers t
     where workflow.claims_reach(p_claims, t.tenant_id)), '[]'::jsonb);
@@ -283,6 +328,7 @@ as $$
 declare
   v_job workflow.jobs;
   v_steps text[];
+  v_status text;
 begin
   select * into v_job from workflow.jobs where id = p_job_id for update;
   if not found or not workflow.claims_control(p_claims, v_job.user_id, v_job.tenant_id) then
@@ -311,9 +357,12 @@ begin
   update workflow.jobs
   set error_message = null, retry_count = 0, next_retry_at = null, final_result = null
   where id = p_job_id;
-  perform workflow.transition_job(p_job_id, 'pending', jsonb_build_object(
+  -- Every step complete (the job failed or was cancelled while finishing): running, so
+  -- the orchestrator's sweep (finishable_jobs) finishes it again.
+  v_status := case when v_steps is null then 'running' else 'pending' end;
+  perform workflow.transition_job(p_job_id, v_status, jsonb_build_object(
     'retried_by', workflow.claims_actor(p_claims), 'steps', to_jsonb(coalesce(v_steps, '{}'))));
-  return jsonb_build_object('job_id', p_job_id, 'status', 'pending',
+  return jsonb_build_object('job_id', p_job_id, 'status', v_status,
                             'retried_steps', to_jsonb(coalesce(v_steps, '{}')),
                             'kick', workflow.kick_needed());
 end
@@ -375,12 +424,13 @@ as $$
                   'tenant_id', ids.tenant_id, 'active', coalesce(w.is_active, false),
                   'updated_at', w.updated_at,
                   'draft', case when d.workflow_id is not null then jsonb_build_object(
-                             'description', d.description, 'updated_by', d.updated_by,
-                             'updated_at', d.updated_at) end)
+                             'revision', d.revision, 'description', d.description,
+                             'updated_by', d.updated_by, 'updated_at', d.updated_at) end)
                 || case when p_workflow_id is not null then jsonb_build_object(
                      'definition', w.definition,
                      'draft', case when d.workflow_id is not null then jsonb_build_object(
-                                'description', d.description, 'definition', d.definition,
+                                'revision', d.revision, 'description', d.description,
+                                'definition', d.definition,
                                 'updated_by', d.updated_by, 'updated_at', d.updated_at) end,
                      'versions', (select coalesce(jsonb_agg(jsonb_build_object(
                                     'version', v.version, 'description', v.description,

@@ -20,8 +20,9 @@ grant usage, select on all sequences in schema workflow to service_role;
 revoke execute on all functions in schema workflow from public, anon, authenticated;
 grant execute on all functions in schema workflow to service_role;
 -- The RLS policies call these as the reading user; they only read the caller's claims.
-grant execute on function workflow.claims_tenant(jsonb), workflow.claims_admin(jsonb),
-  workflow.claims_manage(jsonb, text), workflow.claims_reach(jsonb, text)
+grant execute on function workflow.claims_service(jsonb), workflow.claims_tenant(jsonb),
+  workflow.claims_admin(jsonb), workflow.claims_manage(jsonb, text),
+  workflow.claims_reach(jsonb, text)
   to authenticated;
 -- pg_cron runs call_orchestrator as the database owner; nobody else needs it.
 revoke execute on function workflow.call_orchestrator() from service_role;

@@ -32,7 +32,7 @@ chaos: setup
 
 lint: setup
 	@$(PY) -m ruff check .
-	@$(PY) -m mypy shared stack tests bench testkit
+	@$(PY) -m mypy shared stack tests bench testkit models/supaflow_models client/supaflow_client
 	@for f in functions/*/app.py; do $(PY) -m mypy "$$f" | grep -v "^Success" || true; done
 
 # Benchmarks on their own stack (.stack-bench/, ports 55421-55425), ours interleaved with the
@@ -48,7 +48,7 @@ bench: setup
 build-SharedLayer:
 	mkdir -p "$(ARTIFACTS_DIR)/python"
 	cp -r shared "$(ARTIFACTS_DIR)/python/"
-	python3 -m pip install --quiet --target "$(ARTIFACTS_DIR)/python" ".[executors]"
+	python3 -m pip install --quiet --target "$(ARTIFACTS_DIR)/python" ./models ".[executors]"
 
 # The audio transcription example, end to end on the local stack.
 example: up

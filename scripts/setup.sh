@@ -59,10 +59,13 @@ find_python() {
 }
 
 stamp=.venv/.installed
-if [ ! -x .venv/bin/python ] || [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -x .venv/bin/python ] || [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] \
+   || [ models/pyproject.toml -nt "$stamp" ] || [ client/pyproject.toml -nt "$stamp" ]; then
   py=$(find_python) || { echo "setup: Python 3.12 not found (set PYTHON=/path/to/python3.12)" >&2; exit 1; }
   echo "setup: installing Python dependencies with $py"
   [ -x .venv/bin/python ] || "$py" -m venv .venv
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[executors,dev]'
+  # The models package is the server's and the client's; the client brings the supaflow command.
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ./models -e ./client \
+    -e '.[executors,dev]'
   touch "$stamp"
 fi

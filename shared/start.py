@@ -14,14 +14,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from shared import db
 from shared.api import first_problem
 from shared.auth import User
-from shared.definitions import (
+from shared.errors import ApiError, bad_request, not_found
+from supaflow_models.definitions import (
     DefinitionError,
     InputError,
     WorkflowDefinition,
     parse_definition,
     validate_input,
 )
-from shared.errors import ApiError, bad_request, not_found
 
 # A start that keeps meeting a newer version (publishes racing it) gives up after this.
 MAX_VERSION_RETRIES = 3

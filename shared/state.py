@@ -15,8 +15,9 @@ from typing import Any
 
 from postgrest import AsyncPostgrestClient, SyncPostgrestClient
 
-from shared import db, mapping
+from shared import db
 from shared.protocol import Finish, Recorded, StepOutcome, StepRequest, TransformerRef
+from supaflow_models import mapping
 
 # A job's data is sent along with its last step (to build the final result there) only
 # up to this size; a larger job is finished by finish_jobs, one call later.

@@ -12,7 +12,7 @@ from shared import db
 from shared.api import first_problem
 from shared.auth import Caller
 from shared.errors import ApiError, bad_request
-from shared.executors import TRANSFORMER_TYPES, ConfigError, validate_config
+from supaflow_models.transformers import TRANSFORMER_TYPES, ConfigError, validate_config
 
 
 class TransformerRequest(BaseModel):

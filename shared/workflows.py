@@ -12,8 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from shared import db
 from shared.api import Request, first_problem
 from shared.auth import Caller
-from shared.definitions import DefinitionError, normalise
 from shared.errors import ApiError, bad_request, not_found
+from supaflow_models.definitions import DefinitionError, normalise
 
 
 class DraftRequest(BaseModel):

@@ -261,8 +261,9 @@ def step_row(stack: Stack, job_id: str, step_id: str) -> StepRow:
 def step_payload(stack: Stack, job_id: str, step_id: str, lease_token: str, attempt: int,
                  config_overrides: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
     """What the orchestrator POSTs for this attempt, and the executor route it POSTs it to."""
-    from shared import mapping, state
+    from shared import state
     from shared.dispatch import executor_path
+    from supaflow_models import mapping
 
     (definition, input_data, step_data, tid, ttype, config, target), = stack.sql(
         "select s.definition, j.input_data, j.step_data, t.id, t.type, t.config, t.target_function"

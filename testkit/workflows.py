@@ -1,7 +1,7 @@
 """Workflows and transformers for tests and benchmarks, and the definitions they share.
 
 `create_workflow` is the one place a test or benchmark inserts a workflow row: it stores
-the definition normalised (shared.definitions.normalise), the only form the database takes.
+the definition normalised (supaflow_models.definitions.normalise), the only form the database takes.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from shared.definitions import normalise
+from supaflow_models.definitions import normalise
 from testkit.stack import Stack
 
 WEBHOOK_SECRET_ENV = "SUPAFLOW_WEBHOOK_SECRET"  # set by the local stack's function environment

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from shared.definitions import (
+from supaflow_models.definitions import (
     DefinitionError,
     InputError,
     RetryPolicy,
@@ -423,7 +423,7 @@ def test_definitions_nested_too_deeply_are_definition_errors() -> None:
 
 
 def test_the_command_prints_the_stored_form_or_the_problems(tmp_path: Any) -> None:
-    """`python -m shared.definitions FILE` is how a definition is prepared for an insert
+    """`python -m supaflow_models.definitions FILE` is how a definition is prepared for an insert
     by hand: the database accepts only the normalised form."""
     import json
     import subprocess
@@ -432,10 +432,10 @@ def test_the_command_prints_the_stored_form_or_the_problems(tmp_path: Any) -> No
     good, bad = tmp_path / "good.json", tmp_path / "bad.json"
     good.write_text(json.dumps(AUDIO))
     bad.write_text(json.dumps({"steps": [step("a", depends_on=["ghost"])]}))
-    ok = subprocess.run([sys.executable, "-m", "shared.definitions", str(good)],
+    ok = subprocess.run([sys.executable, "-m", "supaflow_models.definitions", str(good)],
                         capture_output=True, text=True, check=False)
     assert ok.returncode == 0 and json.loads(ok.stdout) == normalise(AUDIO)
-    refused = subprocess.run([sys.executable, "-m", "shared.definitions", str(bad)],
+    refused = subprocess.run([sys.executable, "-m", "supaflow_models.definitions", str(bad)],
                              capture_output=True, text=True, check=False)
     assert refused.returncode == 1 and refused.stdout == ""
     assert "steps.0.depends_on: step 'a' depends on unknown step 'ghost'" in refused.stderr

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from shared.mapping import MappingError, resolve, step_references, validate
+from supaflow_models.mapping import MappingError, resolve, step_references, validate
 
 CONTEXT: dict[str, Any] = {
     "input": {

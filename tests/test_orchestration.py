@@ -18,11 +18,11 @@ import boto3
 import httpx
 import pytest
 
-from shared.definitions import normalise
 from shared.executors.webhook_call import verify_signature
 from shared.orchestrator import Knobs, PassSummary, run_pass
 from stack.demo import run as run_demo
 from stack.demo import sine_wav
+from supaflow_models.definitions import normalise
 from testkit import faults
 from testkit.api import Api
 from testkit.invariants import assert_consistent_log

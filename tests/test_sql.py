@@ -2,7 +2,7 @@
 file (one behaviour of one function), run in a transaction that it rolls back.
 
 Definitions are stored normalised (every default written out); each file gets the
-defaults of one step as the psql variable `step`, from `shared.definitions.normalise`,
+defaults of one step as the psql variable `step`, from `supaflow_models.definitions.normalise`,
 so the files do not restate them.
 
 pgTAP comes from Debian's postgresql-15-pgtap (make setup). It is a test tool, not
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.definitions import DefinitionError, normalise
+from supaflow_models.definitions import DefinitionError, normalise
 from testkit.stack import Stack
 
 # A normalised step without its id, transformer and dependencies.
@@ -75,7 +75,7 @@ BOUNDS = [
 @pytest.mark.parametrize(("field", "inside", "outside"), BOUNDS)
 def test_database_and_model_agree_on_bounds(stack: Stack, field: str, inside: float,
                                             outside: float) -> None:
-    """The model (shared.definitions) and the database check (definition_problem) state
+    """The model (supaflow_models.definitions) and the database check (definition_problem) state
     the same bounds: a value at a bound passes both, one just past it neither."""
 
     def with_value(value: float) -> dict[str, object]:

@@ -24,10 +24,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from postgrest.exceptions import APIError
 
-from shared.definitions import normalise
 from stack import supervisor
 from stack.config import REPO
 from supabase import ClientOptions, create_client
+from supaflow_models.definitions import normalise
 from testkit.stack import Stack
 
 ONE_STEP = normalise({"steps": [{"id": "a", "transformer": "transform"}]})

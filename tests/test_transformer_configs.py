@@ -1,4 +1,4 @@
-"""Transformer configs: each type's model (shared.executors.configs), the registry's
+"""Transformer configs: each type's model (supaflow_models.transformers), the registry's
 `validate_config`, and the executors refusing a bad config with the same message.
 Plain unit tests: no stack."""
 
@@ -10,24 +10,19 @@ from typing import Any
 
 import pytest
 
-from shared.executors import (
+from shared.executors import gemini_prompt, http_download, transform, webhook_call
+from shared.executors.base import StepContext, StepError
+from stack.config import REPO
+from supaflow_models.transformers import (
+    KEY_PLACEHOLDERS,
     TRANSFORMER_TYPES,
     ConfigError,
-    gemini_prompt,
-    http_download,
-    transform,
-    validate_config,
-    webhook_call,
-)
-from shared.executors.base import StepContext, StepError
-from shared.executors.configs import (
-    KEY_PLACEHOLDERS,
     GeminiPromptConfig,
     HttpDownloadConfig,
     TransformConfig,
     WebhookCallConfig,
+    validate_config,
 )
-from stack.config import REPO
 
 EXAMPLE_TRANSFORMERS = REPO / "examples" / "audio_transcription" / "transformers.json"
 DOWNLOAD = {"bucket": "audio"}

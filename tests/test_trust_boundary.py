@@ -22,9 +22,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from psycopg.types.json import Jsonb
 
-from shared import definitions
 from shared import start as start_module
 from shared.auth import User as AuthUser
+from supaflow_models import definitions
 from testkit.api import Api
 from testkit.jobs import run_workflow, start, wait_job
 from testkit.stack import Stack, User

@@ -31,16 +31,15 @@ from jsonschema.exceptions import best_match
 from pydantic import ValidationError
 
 from shared import storage
-from shared.executors import netguard
+from shared.executors import netguard, parse_config
 from shared.executors.base import StepContext, StepError
-from shared.executors.configs import (
+from shared.log import logger
+from shared.settings import named_secret, settings
+from supaflow_models.transformers import (
     DEFAULT_GEMINI_TIMEOUT_S,
     GeminiPromptConfig,
     is_json_schema,
-    parse_config,
 )
-from shared.log import logger
-from shared.settings import named_secret, settings
 
 # Below this much time left there is no point starting a call that cannot finish.
 MIN_CALL_S = 0.5

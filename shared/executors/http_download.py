@@ -19,9 +19,9 @@ import httpx
 from botocore.exceptions import BotoCoreError, ClientError
 
 from shared import storage
-from shared.executors import netguard
+from shared.executors import netguard, parse_config
 from shared.executors.base import StepContext, StepError
-from shared.executors.configs import KEY_PLACEHOLDER, KEY_PLACEHOLDERS, HttpDownloadConfig, parse_config
+from supaflow_models.transformers import KEY_PLACEHOLDER, KEY_PLACEHOLDERS, HttpDownloadConfig
 
 SPOOL_MAX_MEMORY = 8 * 1024 * 1024
 CHUNK_BYTES = 64 * 1024

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from shared.executors import parse_config
 from shared.executors.base import StepContext, StepError
-from shared.executors.configs import TransformConfig, parse_config
+from supaflow_models.transformers import TransformConfig
 
 
 def execute(config: dict[str, Any], inputs: Any, ctx: StepContext) -> Any:

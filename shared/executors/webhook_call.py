@@ -21,10 +21,10 @@ from typing import Any
 
 import httpx
 
-from shared.executors import netguard
+from shared.executors import netguard, parse_config
 from shared.executors.base import StepContext, StepError
-from shared.executors.configs import WebhookCallConfig, parse_config
 from shared.settings import named_secret
+from supaflow_models.transformers import WebhookCallConfig
 
 MAX_RESPONSE_BYTES = 64 * 1024
 SIGNATURE_VERSION = "v1"

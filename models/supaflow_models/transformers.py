@@ -1,7 +1,7 @@
 """What each transformer type's `config` may hold: one pydantic model per type, the one owner
 of those rules. Each executor parses its config with its model (`parse_config`), and the
-registry (`shared.executors.validate_config`) checks a config with the same model before it
-is stored.
+registry below (`validate_config`) checks a config with the same model before it is stored,
+and the `supaflow` command before a file is deployed.
 
 The models live here, not in the executor modules, so that checking a config stays cheap:
 this module needs pydantic and jsonschema only, never boto3 or google-genai, which the
@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import urllib.parse
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from jsonschema import Draft202012Validator
@@ -31,10 +32,8 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
-from shared.executors.base import StepError
-
 # Timeouts: above 0 and at most 900 s, the longest a step may run (a step's `timeout_s`
-# bound, shared.definitions.Step) and the longest a Lambda function lives. A step's own
+# bound, supaflow_models.definitions.Step) and the longest a Lambda function lives. A step's own
 # time left caps them again at run time.
 MAX_TIMEOUT_S = 900.0
 ENV_VAR_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
@@ -341,10 +340,42 @@ def config_problems(model: type[BaseModel], exc: ValidationError) -> list[str]:
     return problems
 
 
-def parse_config[M: BaseModel](model: type[M], config: Any) -> M:
-    """The executor's side: a config its model refuses fails the step for good."""
-    try:
-        return model.model_validate(config)
-    except ValidationError as exc:
-        raise StepError("; ".join(config_problems(model, exc)), retryable=False) from None
+@dataclass(frozen=True)
+class TransformerType:
+    name: str  # "http_download", a transformer's `type`
+    function: str  # "execute-http-download", the executor function that runs it
+    config_model: type[BaseModel]
 
+
+TRANSFORMER_TYPES: dict[str, TransformerType] = {
+    t.name: t
+    for t in (
+        TransformerType("transform", "execute-transform", TransformConfig),
+        TransformerType("http_download", "execute-http-download", HttpDownloadConfig),
+        TransformerType("gemini_prompt", "execute-gemini-prompt", GeminiPromptConfig),
+        TransformerType("webhook_call", "execute-webhook-call", WebhookCallConfig),
+    )
+}
+
+
+class ConfigError(ValueError):
+    """A transformer config its type refuses; `problems` has one `config.<field>: <reason>`
+    line per problem (`type: ...` for an unknown type)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def validate_config(type_name: str, config: Any) -> dict[str, Any]:
+    """`config` as given (defaults not filled in) when it fits `type_name`'s model, which is
+    the model its executor parses it with; else ConfigError naming each bad field."""
+    kind = TRANSFORMER_TYPES.get(type_name)
+    if kind is None:
+        known = ", ".join(sorted(TRANSFORMER_TYPES))
+        raise ConfigError([f"type: unknown transformer type {type_name!r} (known: {known})"])
+    try:
+        kind.config_model.model_validate(config)
+    except ValidationError as exc:
+        raise ConfigError(config_problems(kind.config_model, exc)) from None
+    return dict(config)

@@ -21,7 +21,7 @@ A definition, as JSON:
   explicit list makes any DAG.
 - `retry` on a step, else on the workflow, else the default policy (whole
   policies, not merged field by field); `timeout_s` defaults to 300.
-- `output` is a mapping (see `shared.mapping`) that builds the job's
+- `output` is a mapping (see `supaflow_models.mapping`) that builds the job's
   `final_result`; when it is absent, `final_result` is the output of the last
   listed step.
 
@@ -44,7 +44,7 @@ from jsonschema.exceptions import ValidationError as SchemaValidationError
 from jsonschema.exceptions import best_match
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from shared import mapping
+from supaflow_models import mapping
 
 STEP_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
@@ -347,12 +347,13 @@ def _truncate(text: str, limit: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m shared.definitions workflow.json`: the definition's stored form (every
+    """`python -m supaflow_models.definitions workflow.json`: the definition's stored form (every
     default written out) on stdout, for `insert into workflow.workflows`; or each
     problem on stderr and exit status 1."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m shared.definitions DEFINITION.json (or - for stdin)", file=sys.stderr)
+        print("usage: python -m supaflow_models.definitions DEFINITION.json (or - for stdin)",
+              file=sys.stderr)
         return 2
     try:
         text = sys.stdin.read() if args[0] == "-" else Path(args[0]).read_text(encoding="utf-8")

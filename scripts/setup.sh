@@ -14,6 +14,8 @@ dpkg -s postgresql-15-cron >/dev/null 2>&1 || need_apt+=(postgresql-15-cron)
 dpkg -s postgresql-plpython3-15 >/dev/null 2>&1 || need_apt+=(plpython)
 dpkg -s postgresql-15-pgtap >/dev/null 2>&1 || need_apt+=(postgresql-15-pgtap)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+# The CLI test that watches `supaflow run --wait` live on a terminal.
+command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}"
   $SUDO apt-get update -q

@@ -1,4 +1,5 @@
-"""Runs the audio transcription example end to end against the local stack and prints the result.
+"""Runs the audio transcription example end to end against the local stack with the
+`supaflow` command: deploy the example's files, then run the workflow and watch it.
 
 `make example` (or `python -m stack.demo [--audio-url URL]`). Without a URL it
 serves a generated one-second WAV from this machine. With GEMINI_API_KEY set
@@ -12,24 +13,19 @@ import argparse
 import io
 import json
 import math
+import os
 import struct
+import subprocess
 import sys
 import threading
-import time
-import uuid
 import wave
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
-import httpx
-import jwt
-import psycopg
-
-from stack.config import StackConfig
-from stack.postgres import database_url
+from stack.config import REPO, StackConfig
+from stack.environment import client_environment
 from stack.secrets import load
-
-TERMINAL = ("completed", "failed", "cancelled")
 
 
 def sine_wav(seconds: float = 1.0, rate: int = 16000) -> bytes:
@@ -63,38 +59,27 @@ def serve_audio(body: bytes) -> ThreadingHTTPServer:
     return server
 
 
-def demo_user_token(cfg: StackConfig) -> str:
-    sec = load(cfg.secrets_file)
-    user_id = str(uuid.uuid5(uuid.NAMESPACE_URL, "supaflow-demo-user"))
-    with psycopg.connect(database_url(cfg, sec), autocommit=True) as conn:
-        conn.execute("insert into auth.users (id, email) values (%s, 'demo@example.test')"
-                     " on conflict (id) do nothing", (user_id,))
-    now = int(time.time())
-    claims = {"sub": user_id, "aud": "authenticated", "role": "authenticated",
-              "iat": now, "exp": now + 3600, "email": "demo@example.test"}
-    return jwt.encode(claims, sec.jwt_secret, algorithm="HS256")
-
-
-def run(audio_url: str | None, timeout_s: float) -> dict[str, Any]:
+def run(audio_url: str | None, timeout_s: float) -> int:
+    """`supaflow deploy` the example, then `supaflow run ... --wait` it, as a user would."""
     cfg = StackConfig.from_env()
+    env = {**os.environ, **client_environment(cfg, load(cfg.secrets_file))}
+    cli = str(Path(sys.executable).parent / "supaflow")
     server = None
     if audio_url is None:
         server = serve_audio(sine_wav())
         audio_url = f"http://127.0.0.1:{server.server_address[1]}/sample.wav"
-    headers = {"Authorization": f"Bearer {demo_user_token(cfg)}"}
     try:
-        with httpx.Client(base_url=cfg.api_url, headers=headers, timeout=30) as api:
-            started = api.post("/workflows/start", json={
-                "workflow_id": "audio_transcription_v1", "input_data": {"audio_url": audio_url}})
-            started.raise_for_status()
-            job_id = started.json()["job_id"]
-            print(f"started job {job_id}", file=sys.stderr)
-            deadline = time.monotonic() + timeout_s
-            while True:
-                job: dict[str, Any] = api.get(f"/jobs/{job_id}").json()
-                if job["status"] in TERMINAL or time.monotonic() > deadline:
-                    return job
-                time.sleep(0.2)
+        steps = [
+            [cli, "deploy", str(REPO / "examples" / "audio_transcription"), "--yes"],
+            [cli, "run", "audio_transcription_v1", "--input", json.dumps({"audio_url": audio_url}),
+             "--wait", "--timeout", str(timeout_s)],
+        ]
+        for command in steps:
+            print("$ supaflow " + " ".join(command[1:]), file=sys.stderr, flush=True)
+            done = subprocess.run(command, env=env, check=False)
+            if done.returncode != 0:
+                return done.returncode
+        return 0
     finally:
         if server:
             server.shutdown()
@@ -105,10 +90,7 @@ def main() -> int:
     parser.add_argument("--audio-url", help="an audio file to transcribe (default: a generated tone)")
     parser.add_argument("--timeout", type=float, default=300)
     args = parser.parse_args()
-    job = run(args.audio_url, args.timeout)
-    print(json.dumps({k: job[k] for k in ("job_id", "status", "final_result", "error_message")},
-                     indent=2))
-    return 0 if job["status"] == "completed" else 1
+    return run(args.audio_url, args.timeout)
 
 
 if __name__ == "__main__":

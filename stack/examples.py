@@ -1,49 +1,23 @@
-"""Loads the example workflows (examples/*/) into the running stack through the admin API
-(PUT /transformers, PUT /workflows, publish), so they are checked exactly as a user's are."""
+"""Publishes the example workflows (examples/*/) to the running stack with the `supaflow`
+command's own code (files checked by supaflow_client.files, published by its deploy), so
+they go through exactly what a user's deploy does."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
-import httpx
+from supaflow_client.client import Client
 
 from stack.config import REPO
+from supaflow_client.deploy import apply_changes, plan_changes
+from supaflow_client.files import load_all
 
 EXAMPLES = REPO / "examples"
 
 
-class ExampleRefused(RuntimeError):
-    """The API refused an example: the example, not the stack, is wrong."""
-
-
-def _read(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def _call(http: httpx.Client, method: str, path: str, body: dict[str, Any] | None) -> Any:
-    response = http.request(method, path, json=body)
-    if response.status_code >= 300:
-        raise ExampleRefused(f"{method} {path}: {response.status_code} {response.text}")
-    return response.json()
-
-
 def load_examples(api_url: str, service_role_key: str, root: Path = EXAMPLES) -> list[str]:
-    """Put and publish each example's transformers and workflow; returns the workflow ids.
-    Publishing an unchanged example makes no new version."""
-    loaded = []
-    headers = {"Authorization": f"Bearer {service_role_key}"}
-    with httpx.Client(base_url=api_url, headers=headers, timeout=30) as http:
-        for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-            for t in _read(folder / "transformers.json") or []:
-                body = {k: v for k, v in t.items() if k != "id"}
-                _call(http, "PUT", f"/transformers/{t['id']}", body)
-            workflow = _read(folder / "workflow.json")
-            if workflow is None:
-                continue
-            body = {"description": workflow.get("description"), "definition": workflow["definition"]}
-            _call(http, "PUT", f"/workflows/{workflow['id']}", body)
-            _call(http, "POST", f"/workflows/{workflow['id']}/publish", None)
-            loaded.append(workflow["id"])
-    return loaded
+    """Deploy every example; returns the workflow ids. An unchanged example publishes nothing."""
+    items = load_all([root])
+    with Client(api_url, service_role_key) as client:
+        apply_changes(client, plan_changes(client, items))
+    return [item.id for item in items if item.kind == "workflow"]

@@ -34,12 +34,13 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import httpx
+import psycopg
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route as StarletteRoute
 
-from stack import template
+from stack import postgres, template
 from stack.config import REPO, StackConfig
 from stack.environment import function_environment
 from stack.secrets import load
@@ -197,6 +198,26 @@ def build_app(cfg: StackConfig) -> Starlette:
     async def health(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    async def local_user(request: Request) -> Response:
+        """The local stack's stand-in for Supabase Auth's sign-up (`supaflow token`): the user
+        with this email, created if new. Service-role key only; never deployed."""
+        if request.headers.get("authorization", "") != f"Bearer {sec.service_role_key}":
+            return JSONResponse({"error": {"code": "unauthorized", "message": "service key"}}, 401)
+        body = await request.json()
+        email = str(body.get("email", "")) if isinstance(body, dict) else ""
+        if not 3 <= len(email) <= 254 or "@" not in email:
+            return JSONResponse({"error": {"code": "bad_request", "message": "email"}}, 400)
+
+        def upsert() -> str:
+            with psycopg.connect(postgres.database_url(cfg, sec), autocommit=True) as conn:
+                row = conn.execute(
+                    "insert into auth.users (id, email) values (gen_random_uuid(), %s)"
+                    " on conflict (email) do update set email = excluded.email returning id",
+                    (email,)).fetchone()
+                return str(row[0]) if row else ""
+
+        return JSONResponse({"id": await anyio.to_thread.run_sync(upsert), "email": email})
+
     async def rest_proxy(request: Request) -> Response:
         path = request.path_params["path"]
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
@@ -210,6 +231,7 @@ def build_app(cfg: StackConfig) -> Starlette:
     routes = [
         StarletteRoute("/_gateway/health", health),
         StarletteRoute("/auth/v1/.well-known/jwks.json", jwks_endpoint),
+        StarletteRoute("/_stack/users", local_user, methods=["POST"]),
         StarletteRoute(
             "/rest/v1/{path:path}", rest_proxy,
             methods=["GET", "POST", "PATCH", "PUT", "DELETE", "HEAD", "OPTIONS"],

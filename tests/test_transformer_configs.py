@@ -4,7 +4,6 @@ Plain unit tests: no stack."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 from shared.executors import gemini_prompt, http_download, transform, webhook_call
 from shared.executors.base import StepContext, StepError
 from stack.config import REPO
+from supaflow_client.files import load_all
 from supaflow_models.transformers import (
     KEY_PLACEHOLDERS,
     TRANSFORMER_TYPES,
@@ -24,7 +24,7 @@ from supaflow_models.transformers import (
     validate_config,
 )
 
-EXAMPLE_TRANSFORMERS = REPO / "examples" / "audio_transcription" / "transformers.json"
+EXAMPLES = REPO / "examples"
 DOWNLOAD = {"bucket": "audio"}
 GEMINI = {"model": "gemini-2.5-flash", "prompt": "Transcribe the audio."}
 WEBHOOK = {"url": "https://hooks.example.com/in", "secret_env_var": "SUPAFLOW_WEBHOOK_SECRET"}
@@ -48,10 +48,10 @@ def only_problem(type_name: str, config: Any) -> str:
 
 
 def test_example_transformers_are_valid() -> None:
-    for transformer in json.loads(EXAMPLE_TRANSFORMERS.read_text()):
-        kind = TRANSFORMER_TYPES[transformer["type"]]
-        assert transformer.get("target_function", kind.function) == kind.function
-        assert validate_config(transformer["type"], transformer["config"]) == transformer["config"]
+    found = [item for item in load_all([EXAMPLES]) if item.kind == "transformer"]
+    assert found, "the examples have transformers"
+    for item in found:
+        assert validate_config(item.body["type"], item.body["config"]) == item.body["config"]
 
 
 def test_every_type_has_its_executor_function() -> None:

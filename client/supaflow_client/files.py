@@ -1,0 +1,174 @@
+"""Workflows and transformers as files: YAML or JSON (JSON is YAML), one object per file,
+
+    kind: workflow                      kind: transformer
+    id: greet                           id: shout
+    description: Say hello              type: transform
+    definition: {steps: [...]}          config: {}
+
+checked with the models the server uses (supaflow_models) before anything is sent; each
+problem names its file, line and field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from supaflow_models.definitions import DefinitionError, normalise
+from supaflow_models.transformers import ConfigError, validate_config
+
+SUFFIXES = (".yaml", ".yml", ".json")
+Path_ = tuple[str | int, ...]
+
+
+class WorkflowFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    kind: Literal["workflow"]
+    id: str
+    description: str | None = None
+    definition: dict[str, Any]
+
+
+class TransformerFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    kind: Literal["transformer"]
+    id: str
+    type: str
+    description: str | None = None
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+@dataclass
+class Loaded:
+    """One file's object, checked: `body` is what the API takes (a workflow's definition
+    normalised, as the server stores it)."""
+
+    path: Path
+    kind: str
+    id: str
+    body: dict[str, Any]
+
+
+@dataclass
+class Problems(Exception):
+    """Every problem found, as `file:line: field: reason` lines."""
+
+    lines: list[str]
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines)
+
+
+def collect(paths: list[Path]) -> list[Path]:
+    """The files named, and the YAML and JSON files under the folders named, in order."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES and p.is_file())
+        else:
+            found.append(path)
+    return found
+
+
+def _lines(node: yaml.Node, at: Path_, out: dict[Path_, int]) -> None:
+    """The line (1-based) where each key and item of a composed YAML document starts."""
+    out.setdefault(at, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            here = (*at, key.value)
+            out[here] = key.start_mark.line + 1
+            _lines(value, here, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _lines(item, (*at, i), out)
+
+
+def _parse_dotted(where: str) -> Path_:
+    return tuple(int(p) if p.isdigit() else p for p in where.split("."))
+
+
+def _line_of(lines: dict[Path_, int], at: Path_) -> int:
+    """The line of the deepest part of `at` the file has (a missing key: its parent)."""
+    while at and at not in lines:
+        at = at[:-1]
+    return lines.get(at, 1)
+
+
+def _problem(path: Path, lines: dict[Path_, int], where: str, reason: str,
+             prefix: Path_ = ()) -> str:
+    at = (*prefix, *_parse_dotted(where)) if where else prefix
+    field_name = ".".join(str(p) for p in at) or "(file)"
+    return f"{path}:{_line_of(lines, at)}: {field_name}: {reason}"
+
+
+def load(path: Path) -> Loaded:
+    """One file, checked; Problems lists everything wrong with it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise Problems([f"{path}:1: (file): cannot read: {exc}"]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        raise Problems([f"{path}:{line}: (file): not YAML or JSON: {exc}"]) from None
+    lines: dict[Path_, int] = {}
+    if node is not None:
+        _lines(node, (), lines)
+    if not isinstance(data, dict) or data.get("kind") not in ("workflow", "transformer"):
+        raise Problems([f"{path}:1: kind: must be 'workflow' or 'transformer' (one object per"
+                        " file)"])
+    model = WorkflowFile if data["kind"] == "workflow" else TransformerFile
+    try:
+        parsed = model.model_validate(data)
+    except ValidationError as exc:
+        raise Problems([_problem(path, lines, ".".join(str(p) for p in e["loc"]), e["msg"])
+                        for e in exc.errors()]) from None
+    if isinstance(parsed, WorkflowFile):
+        try:
+            definition = normalise(parsed.definition)
+        except DefinitionError as exc:
+            raise Problems([_problem(path, lines, *p.split(": ", 1), prefix=("definition",))
+                            if ": " in p else f"{path}:1: definition: {p}"
+                            for p in exc.problems]) from None
+        body: dict[str, Any] = {"description": parsed.description, "definition": definition}
+        return Loaded(path, "workflow", parsed.id, body)
+    try:
+        validate_config(parsed.type, parsed.config)
+    except ConfigError as exc:
+        raise Problems([_problem(path, lines, *p.split(": ", 1)) for p in exc.problems]) from None
+    body = {"type": parsed.type, "description": parsed.description, "config": parsed.config}
+    return Loaded(path, "transformer", parsed.id, body)
+
+
+def load_all(paths: list[Path]) -> list[Loaded]:
+    """Every file under `paths`, checked; Problems lists the problems of all of them, and a
+    workflow using a transformer neither deployed nor among the files is the caller's
+    check (it needs the server's list)."""
+    files = collect(paths)
+    if not files:
+        raise Problems([f"{', '.join(map(str, paths))}: no .yaml, .yml or .json files"])
+    loaded: list[Loaded] = []
+    problems: list[str] = []
+    seen: dict[tuple[str, str], Path] = {}
+    for path in files:
+        try:
+            item = load(path)
+        except Problems as exc:
+            problems += exc.lines
+            continue
+        if (item.kind, item.id) in seen:
+            problems.append(f"{path}:1: id: {item.kind} {item.id!r} is also defined in"
+                            f" {seen[(item.kind, item.id)]}")
+        seen[(item.kind, item.id)] = path
+        loaded.append(item)
+    if problems:
+        raise Problems(problems)
+    return loaded

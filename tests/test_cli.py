@@ -1,0 +1,241 @@
+"""The `supaflow` command, driven as a subprocess against the running stack: deploy a folder
+(diff, dry run, publish), run and watch a job, jobs and workflows commands, files with
+mistakes refused with file, line and field, and the live view on a real terminal (tmux)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from testkit.receiver import webhook_receiver
+from testkit.stack import Stack
+from testkit.workflows import WEBHOOK_SECRET_ENV
+
+SUPAFLOW = str(Path(sys.executable).parent / "supaflow")
+
+
+def cli(stack: Stack, *args: str, token: str | None = None, cwd: Path | None = None,
+        timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SUPAFLOW_", "SUPABASE_"))}
+    env.update({"SUPAFLOW_URL": stack.api_url, "SUPABASE_SERVICE_ROLE_KEY": stack.sec.service_role_key,
+                "SUPABASE_JWT_SECRET": stack.sec.jwt_secret, "COLUMNS": "200"})
+    if token is not None:
+        env["SUPAFLOW_TOKEN"] = token
+    return subprocess.run([SUPAFLOW, *args], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def as_json(done: subprocess.CompletedProcess[str]) -> Any:
+    assert done.stdout, done.stderr
+    return json.loads(done.stdout)
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def project(folder: Path, wid: str, tid: str, *, steps: int = 2, fail: bool = False) -> Path:
+    """A folder with one transformer and one workflow, as a user would keep them."""
+    config = '{fail: {retryable: false, message: "broken on purpose"}}' if fail else "{}"
+    write(folder, "echo.yaml", f"kind: transformer\nid: {tid}\ntype: transform\n"
+                               f"description: echoes\nconfig: {config}\n")
+    step_lines = "".join(
+        f"    - id: s{i}\n      transformer: {tid if i == steps else 'transform'}\n"
+        f"      inputs: {{n: $.input.n}}\n" for i in range(1, steps + 1))
+    write(folder, "workflow.yaml", f"kind: workflow\nid: {wid}\ndescription: counts\n"
+                                   f"definition:\n  steps:\n{step_lines}")
+    return folder
+
+
+def fresh(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def test_deploy_shows_the_diff_then_publishes(stack: Stack, tmp_path: Path) -> None:
+    wid, tid = fresh("cli-wf"), fresh("cli-t")
+    folder = project(tmp_path, wid, tid)
+
+    dry = cli(stack, "deploy", str(folder), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"+ create transformer {tid}" in dry.stdout and f"+ create workflow {wid}" in dry.stdout
+    assert stack.sql("select count(*) from workflow.workflow_drafts where workflow_id = %s",
+                     (wid,))[0][0] == 0, "a dry run writes nothing"
+    refused = cli(stack, "deploy", str(folder))  # no terminal, no --yes
+    assert refused.returncode != 0 and "--yes" in refused.stderr
+
+    done = as_json(cli(stack, "deploy", str(folder), "--yes", "--json"))
+    assert [(d["kind"], d["id"], d["action"]) for d in done["published"]] == [
+        ("transformer", tid, "create"), ("workflow", wid, "create")]
+    assert done["published"][1]["version"] == 1
+    again = as_json(cli(stack, "deploy", str(folder), "--yes", "--json"))
+    assert {p["action"] for p in again["plan"]} == {"unchanged"}
+
+    project(tmp_path, wid, tid, steps=3)  # one more step
+    diff = cli(stack, "deploy", str(folder), "--dry-run")
+    assert f"~ update workflow {wid}" in diff.stdout and f"= unchanged transformer {tid}" in diff.stdout
+    assert '+        "id": "s3"' in diff.stdout.replace("    +", "+"), diff.stdout
+    published = as_json(cli(stack, "deploy", str(folder), "--yes", "--json"))["published"]
+    assert [p.get("version") for p in published if p["kind"] == "workflow"] == [2]
+
+    shown = as_json(cli(stack, "workflows", "show", wid, "--json"))
+    assert [v["version"] for v in shown["versions"]] == [2, 1]
+    listed = as_json(cli(stack, "workflows", "ls", "--json"))["workflows"]
+    assert wid in [w["workflow_id"] for w in listed]
+
+
+@pytest.mark.parametrize(("name", "text", "expected"), [
+    ("cycle.yaml", "kind: workflow\nid: c\ndefinition:\n  steps:\n"
+     "    - id: a\n      transformer: transform\n      depends_on: [b]\n"
+     "    - id: b\n      transformer: transform\n      depends_on: [a]\n",
+     "cycle.yaml:4: definition.steps: dependency cycle"),
+    ("unknown.yaml", "kind: workflow\nid: u\ndefinition:\n  steps:\n"
+     "    - id: a\n      transformer: transform\n"
+     "      colour: blue\n",
+     "unknown.yaml:7: definition.steps.0.colour: Extra inputs are not permitted"),
+    ("top.yaml", "kind: workflow\nid: t\nowner: me\ndefinition: {steps: [{id: a, transformer: x}]}\n",
+     "top.yaml:3: owner: Extra inputs are not permitted"),
+    ("config.json", '{"kind": "transformer", "id": "j", "type": "http_download",\n'
+     ' "config": {"bucket": "b",\n  "key_template": "{password}"}}\n',
+     "config.json:3: config.key_template:"),
+    ("secret.yaml", "kind: transformer\nid: s\ntype: webhook_call\nconfig:\n  url: https://x.test/\n"
+     "  secret_env_var: SUPABASE_JWT_SECRET\n",
+     "secret.yaml:6: config.secret_env_var: may name only"),
+])
+def test_a_file_with_a_mistake_names_file_line_and_field_and_changes_nothing(
+        stack: Stack, tmp_path: Path, name: str, text: str, expected: str) -> None:
+    wid, tid = fresh("cli-wf"), fresh("cli-t")
+    project(tmp_path, wid, tid)
+    write(tmp_path, name, text)
+    before = stack.sql("select (select count(*) from workflow.workflow_drafts),"
+                       " (select count(*) from workflow.transformers)")
+    done = cli(stack, "deploy", str(tmp_path), "--yes")
+    assert done.returncode == 1
+    assert f"{tmp_path}/{expected}" in done.stderr, done.stderr
+    assert stack.sql("select (select count(*) from workflow.workflow_drafts),"
+                     " (select count(*) from workflow.transformers)") == before
+    assert stack.sql("select count(*) from workflow.workflows where id = %s", (wid,))[0][0] == 0
+
+
+def test_a_workflow_using_an_unknown_transformer_is_refused_before_sending(
+        stack: Stack, tmp_path: Path) -> None:
+    write(tmp_path, "w.yaml", "kind: workflow\nid: x-unknown\ndefinition:\n  steps:\n"
+                              "    - {id: a, transformer: nowhere-to-be-found}\n")
+    done = cli(stack, "deploy", str(tmp_path), "--yes")
+    assert done.returncode == 1 and "nowhere-to-be-found" in done.stderr
+
+
+def test_run_waits_and_jobs_commands_cancel_and_retry(stack: Stack, tmp_path: Path) -> None:
+    wid, tid = fresh("cli-wf"), fresh("cli-t")
+    assert cli(stack, "deploy", str(project(tmp_path, wid, tid)), "--yes").returncode == 0
+    token = cli(stack, "token", "--user", f"{fresh('u')}@example.test").stdout.strip()
+
+    ran = cli(stack, "run", wid, "--input", '{"n": 7}', "--wait", token=token)
+    assert ran.returncode == 0, ran.stderr
+    assert "completed" in ran.stdout and '"n": 7' in ran.stdout
+    assert "s1" in ran.stdout and "s2" in ran.stdout  # the final view's steps
+    job = as_json(cli(stack, "run", wid, "-i", '{"n": 8}', "--wait", "--json", token=token))
+    assert job["status"] == "completed" and job["final_result"] == {"n": 8}
+    (tmp_path / "in.json").write_text('{"n": 9}')
+    started = as_json(cli(stack, "run", wid, "--input", f"@{tmp_path / 'in.json'}", "--json",
+                          token=token))
+    listed = as_json(cli(stack, "jobs", "ls", "--workflow", wid, "--json", token=token))["jobs"]
+    assert started["job_id"] in [j["job_id"] for j in listed] and len(listed) == 3
+
+    # A failing job: non-zero, the error printed; fixed and retried, it completes.
+    project(tmp_path, wid, tid, fail=True)
+    assert cli(stack, "deploy", str(tmp_path), "--yes").returncode == 0
+    failed = cli(stack, "run", wid, "--input", '{"n": 1}', "--wait", token=token)
+    assert failed.returncode == 1 and "broken on purpose" in failed.stdout
+    job_id = as_json(cli(stack, "jobs", "ls", "--workflow", wid, "--status", "failed", "--json",
+                         token=token))["jobs"][0]["job_id"]
+    project(tmp_path, wid, tid)
+    assert cli(stack, "deploy", str(tmp_path), "--yes").returncode == 0
+    retried = cli(stack, "jobs", "retry", job_id, token=token)
+    assert retried.returncode == 0 and "rerunning s2" in retried.stdout, retried.stdout
+    deadline = time.monotonic() + 30
+    while (shown := as_json(cli(stack, "jobs", "show", job_id, "--json", token=token)))[
+            "status"] != "completed":
+        assert time.monotonic() < deadline, shown
+        time.sleep(0.3)
+    events = as_json(cli(stack, "jobs", "events", job_id, "--json", token=token))
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert any(e["detail"].get("retried_by") for e in events)
+    assert cli(stack, "jobs", "retry", job_id, token=token).returncode == 1  # 409: completed
+
+    # Cancel: a job held by a slow webhook.
+    with webhook_receiver() as receiver:
+        hook, slow = fresh("cli-hook"), fresh("cli-slow")
+        write(tmp_path, "echo.yaml", f"kind: transformer\nid: {hook}\ntype: webhook_call\n"
+                                     f"config: {{url: '{receiver.url('/slow/3000')}',"
+                                     f" secret_env_var: {WEBHOOK_SECRET_ENV}}}\n")
+        write(tmp_path, "workflow.yaml", f"kind: workflow\nid: {slow}\ndefinition:\n  steps:\n"
+                                         f"    - {{id: call, transformer: {hook}}}\n")
+        assert cli(stack, "deploy", str(tmp_path), "--yes").returncode == 0
+        started = as_json(cli(stack, "run", slow, "--json", token=token))
+        cancelled = cli(stack, "jobs", "cancel", started["job_id"], token=token)
+        assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
+
+
+def test_health_and_errors(stack: Stack) -> None:
+    health = as_json(cli(stack, "health", "--json"))
+    assert health["status"] == "ok"
+    missing = cli(stack, "jobs", "show", str(uuid.uuid4()))
+    assert missing.returncode == 1 and "404 not_found" in missing.stderr
+
+
+def test_token_is_for_the_local_stack_only(stack: Stack) -> None:
+    refused = cli(stack, "token", "--user", "a@example.test", "--url", "https://abcd.supabase.co")
+    assert refused.returncode == 2 and "not the local stack" in refused.stderr
+    assert refused.stdout == ""
+
+
+def test_the_live_view_updates_on_a_terminal(stack: Stack, tmp_path: Path) -> None:
+    """`supaflow run --wait` on a real terminal (tmux): the step table is seen while the
+    job runs (its webhook step held for 3 s) and then the final state. tmux comes with
+    make setup; without it this test fails, it does not skip."""
+    assert shutil.which("tmux"), "tmux is missing: make setup installs it"
+    with webhook_receiver() as receiver:
+        hook, wid = fresh("cli-hook"), fresh("cli-live")
+        write(tmp_path, "hook.yaml", f"kind: transformer\nid: {hook}\ntype: webhook_call\n"
+                                     f"config: {{url: '{receiver.url('/slow/3000')}',"
+                                     f" secret_env_var: {WEBHOOK_SECRET_ENV}}}\n")
+        write(tmp_path, "workflow.yaml", f"kind: workflow\nid: {wid}\ndefinition:\n  steps:\n"
+                                         f"    - {{id: first, transformer: transform}}\n"
+                                         f"    - {{id: call, transformer: {hook}}}\n"
+                                         f"    - {{id: last, transformer: transform}}\n")
+        assert cli(stack, "deploy", str(tmp_path), "--yes").returncode == 0
+        session = fresh("supaflow")
+        env = (f"SUPAFLOW_URL={stack.api_url} SUPABASE_SERVICE_ROLE_KEY={stack.sec.service_role_key}"
+               f" SUPABASE_JWT_SECRET={stack.sec.jwt_secret}")
+        command = f"{env} {SUPAFLOW} run {wid} --wait; echo EXIT=$?; sleep 30"
+        subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "160", "-y", "40",
+                        command], check=True)
+        try:
+            screens: list[str] = []
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", session],
+                                        capture_output=True, text=True, check=True).stdout
+                screens.append(screen)
+                if "EXIT=" in screen:
+                    break
+                time.sleep(0.2)
+        finally:
+            subprocess.run(["tmux", "kill-session", "-t", session], check=False)
+    live = [s for s in screens if "EXIT=" not in s and "call" in s and "running" in s]
+    assert live, "the live view never showed the held step running:\n" + "\n---\n".join(screens[-3:])
+    assert any("first" in s and "completed" in s for s in live), live[-1]
+    final = screens[-1]
+    assert "EXIT=0" in final and "final_result" in final, final
+    assert final.count("completed") >= 4, final  # the job and its three steps

@@ -6,11 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from supaflow_client.client import Client
-
 from stack.config import REPO
-from supaflow_client.deploy import apply_changes, plan_changes
-from supaflow_client.files import load_all
 
 EXAMPLES = REPO / "examples"
 

@@ -146,9 +146,9 @@ def test_run_waits_and_jobs_commands_cancel_and_retry(stack: Stack, tmp_path: Pa
     assert "s1" in ran.stdout and "s2" in ran.stdout  # the final view's steps
     job = as_json(cli(stack, "run", wid, "-i", '{"n": 8}', "--wait", "--json", token=token))
     assert job["status"] == "completed" and job["final_result"] == {"n": 8}
-    (tmp_path / "in.json").write_text('{"n": 9}')
-    started = as_json(cli(stack, "run", wid, "--input", f"@{tmp_path / 'in.json'}", "--json",
-                          token=token))
+    inputs = tmp_path.parent / f"{tmp_path.name}-in.json"  # not in the deployed folder
+    inputs.write_text('{"n": 9}')
+    started = as_json(cli(stack, "run", wid, "--input", f"@{inputs}", "--json", token=token))
     listed = as_json(cli(stack, "jobs", "ls", "--workflow", wid, "--json", token=token))["jobs"]
     assert started["job_id"] in [j["job_id"] for j in listed] and len(listed) == 3
 

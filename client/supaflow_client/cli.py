@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 from urllib.parse import urlsplit
 
 import httpx
@@ -31,7 +31,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from supaflow_client.client import Client, SupaflowError
+from supaflow_client.client import Client, JobStatus, SupaflowError
 from supaflow_client.deploy import Change, apply_changes, plan_changes
 from supaflow_client.files import Problems, load_all
 
@@ -83,7 +83,8 @@ def target(url: str | None, token: str | None) -> Target:
 
     found_url = url or setting("SUPAFLOW_URL", "API_URL")
     if not found_url:
-        fail("no API URL: pass --url, or set SUPAFLOW_URL (a .env from `make env` has API_URL)")
+        raise fail("no API URL: pass --url, or set SUPAFLOW_URL (a .env from `make env` has"
+                   " API_URL)")
     service_key = setting("SUPABASE_SERVICE_ROLE_KEY")
     return Target(found_url.rstrip("/"), token or setting("SUPAFLOW_TOKEN") or service_key,
                   service_key, setting("SUPABASE_JWT_SECRET"))
@@ -209,11 +210,13 @@ def deploy(
                 fail("not a terminal: pass --yes to publish without asking")
             typer.confirm(f"publish {len(changes)} change(s)?", abort=True)
         done = apply_changes(c, plan)
-    emit({"ok": True, "dry_run": False, "plan": summary, "published": done}, as_json,
-         lambda: [console.print(f"[green]published[/green] {d['kind']} {d['id']}"
-                                + (f" version {d['version']}" if "version" in d else ""),
-                                highlight=False)
-                  for d in done if d["action"] != "unchanged"])
+    def render() -> None:
+        for d in done:
+            if d["action"] != "unchanged":
+                version = f" version {d['version']}" if "version" in d else ""
+                console.print(f"[green]published[/green] {d['kind']} {d['id']}{version}",
+                              highlight=False)
+    emit({"ok": True, "dry_run": False, "plan": summary, "published": done}, as_json, render)
 
 
 # --------------------------------------------------------------------------- run and watch
@@ -250,10 +253,10 @@ def _parse_input(raw: str) -> dict[str, Any]:
         text = Path(raw[1:]).read_text(encoding="utf-8") if raw.startswith("@") else raw
         value = json.loads(text)
     except (OSError, ValueError) as exc:
-        fail(f"--input: {exc}")
+        raise fail(f"--input: {exc}") from None
     if not isinstance(value, dict):
-        fail("--input: must be a JSON object")
-    return value
+        raise fail("--input: must be a JSON object")
+    return cast(dict[str, Any], value)
 
 
 def _finish(job: dict[str, Any], as_json: bool) -> None:
@@ -304,7 +307,7 @@ def run(
 @jobs_app.command("ls")
 def jobs_ls(
     workflow: Annotated[str | None, typer.Option(help="Only this workflow's jobs.")] = None,
-    status: Annotated[str | None, typer.Option(help="Only jobs in this status.")] = None,
+    status: Annotated[JobStatus | None, typer.Option(help="Only jobs in this status.")] = None,
     limit: Annotated[int, typer.Option(help="At most this many.")] = 20,
     tenant: Annotated[bool, typer.Option("--tenant", help="All the jobs you may see.")] = False,
     url: UrlOpt = None, token_: TokenOpt = None, as_json: JsonOpt = False,

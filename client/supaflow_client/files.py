@@ -107,6 +107,12 @@ def _problem(path: Path, lines: dict[Path_, int], where: str, reason: str,
     return f"{path}:{_line_of(lines, at)}: {field_name}: {reason}"
 
 
+def _definition_problem(path: Path, lines: dict[Path_, int], problem: str) -> str:
+    """A DefinitionError line (`steps.1.depends_on: ...`), placed in the file."""
+    where, _, reason = problem.partition(": ")
+    return _problem(path, lines, where, reason, prefix=("definition",))
+
+
 def load(path: Path) -> Loaded:
     """One file, checked; Problems lists everything wrong with it."""
     try:
@@ -135,15 +141,14 @@ def load(path: Path) -> Loaded:
         try:
             definition = normalise(parsed.definition)
         except DefinitionError as exc:
-            raise Problems([_problem(path, lines, *p.split(": ", 1), prefix=("definition",))
-                            if ": " in p else f"{path}:1: definition: {p}"
-                            for p in exc.problems]) from None
+            raise Problems([_definition_problem(path, lines, p) for p in exc.problems]) from None
         body: dict[str, Any] = {"description": parsed.description, "definition": definition}
         return Loaded(path, "workflow", parsed.id, body)
     try:
         validate_config(parsed.type, parsed.config)
     except ConfigError as exc:
-        raise Problems([_problem(path, lines, *p.split(": ", 1)) for p in exc.problems]) from None
+        raise Problems([_problem(path, lines, *p.partition(": ")[::2]) for p in exc.problems]) \
+            from None
     body = {"type": parsed.type, "description": parsed.description, "config": parsed.config}
     return Loaded(path, "transformer", parsed.id, body)
 

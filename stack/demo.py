@@ -59,8 +59,10 @@ def serve_audio(body: bytes) -> ThreadingHTTPServer:
     return server
 
 
-def run(audio_url: str | None, timeout_s: float) -> int:
-    """`supaflow deploy` the example, then `supaflow run ... --wait` it, as a user would."""
+def run(audio_url: str | None, timeout_s: float, *,
+        json_output: bool = False) -> subprocess.CompletedProcess[str]:
+    """`supaflow deploy` the example, then `supaflow run ... --wait` it, as a user would. With
+    json_output, the final job is the run's stdout, as JSON (the live view is for people)."""
     cfg = StackConfig.from_env()
     env = {**os.environ, **client_environment(cfg, load(cfg.secrets_file))}
     cli = str(Path(sys.executable).parent / "supaflow")
@@ -68,18 +70,17 @@ def run(audio_url: str | None, timeout_s: float) -> int:
     if audio_url is None:
         server = serve_audio(sine_wav())
         audio_url = f"http://127.0.0.1:{server.server_address[1]}/sample.wav"
+    deploy = [cli, "deploy", str(REPO / "examples" / "audio_transcription"), "--yes"]
+    start = [cli, "run", "audio_transcription_v1", "--input", json.dumps({"audio_url": audio_url}),
+             "--wait", "--timeout", str(timeout_s), *(["--json"] if json_output else [])]
     try:
-        steps = [
-            [cli, "deploy", str(REPO / "examples" / "audio_transcription"), "--yes"],
-            [cli, "run", "audio_transcription_v1", "--input", json.dumps({"audio_url": audio_url}),
-             "--wait", "--timeout", str(timeout_s)],
-        ]
-        for command in steps:
-            print("$ supaflow " + " ".join(command[1:]), file=sys.stderr, flush=True)
-            done = subprocess.run(command, env=env, check=False)
-            if done.returncode != 0:
-                return done.returncode
-        return 0
+        print("$ supaflow " + " ".join(deploy[1:]), file=sys.stderr, flush=True)
+        deployed = subprocess.run(deploy, env=env, check=False, text=True)
+        if deployed.returncode != 0:
+            return deployed
+        print("$ supaflow " + " ".join(start[1:]), file=sys.stderr, flush=True)
+        return subprocess.run(start, env=env, check=False, text=True,
+                              stdout=subprocess.PIPE if json_output else None)
     finally:
         if server:
             server.shutdown()
@@ -90,7 +91,7 @@ def main() -> int:
     parser.add_argument("--audio-url", help="an audio file to transcribe (default: a generated tone)")
     parser.add_argument("--timeout", type=float, default=300)
     args = parser.parse_args()
-    return run(args.audio_url, args.timeout)
+    return run(args.audio_url, args.timeout).returncode
 
 
 if __name__ == "__main__":

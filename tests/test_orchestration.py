@@ -307,7 +307,9 @@ def test_download_refuses_metadata_addresses_and_oversized_files(stack: Stack, a
 def test_the_audio_transcription_example_runs_end_to_end(stack: Stack) -> None:
     httpx.post(f"{stack.cfg.gemini_url}/_control/reset")
     httpx.post(f"{stack.cfg.gemini_url}/_control/faults", json={"status": 429, "count": 1})
-    job = run_demo(None, timeout_s=120)
+    done = run_demo(None, timeout_s=120, json_output=True)
+    assert done.returncode == 0, done.stdout
+    job = json.loads(done.stdout)
     assert job["status"] == "completed", job
     audio, transcript = job["final_result"]["audio"], job["final_result"]["transcript"]
     assert audio["sha256"] == hashlib.sha256(sine_wav()).hexdigest()

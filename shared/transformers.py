@@ -6,25 +6,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from shared import db
 from shared.api import first_problem
 from shared.auth import Caller
 from shared.errors import ApiError, bad_request
+from supaflow_models.requests import TransformerRequest
 from supaflow_models.transformers import TRANSFORMER_TYPES, ConfigError, validate_config
-
-
-class TransformerRequest(BaseModel):
-    """The body of PUT /transformers/{transformerId}; the executor function follows
-    from the type."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    type: str
-    description: str | None = None
-    config: dict[str, Any] = Field(default_factory=dict)
-    tenant_id: str | None = None
 
 
 def put(caller: Caller, transformer_id: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -14,17 +14,7 @@ from shared.api import Request, first_problem
 from shared.auth import Caller
 from shared.errors import ApiError, bad_request, not_found
 from supaflow_models.definitions import DefinitionError, normalise
-
-
-class DraftRequest(BaseModel):
-    """The body of PUT /workflows/{workflowId}. What the database bounds (ids, the
-    description's length, tenant ids) it alone checks."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    description: str | None = None
-    definition: dict[str, Any]
-    tenant_id: str | None = None
+from supaflow_models.requests import DraftRequest
 
 
 def put_draft(caller: Caller, workflow_id: str, body: dict[str, Any]) -> dict[str, Any]:

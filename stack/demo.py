@@ -64,15 +64,19 @@ def run(audio_url: str | None, timeout_s: float, *,
     """`supaflow deploy` the example, then `supaflow run ... --wait` it, as a user would. With
     json_output, the final job is the run's stdout, as JSON (the live view is for people)."""
     cfg = StackConfig.from_env()
-    env = {**os.environ, **client_environment(cfg, load(cfg.secrets_file))}
+    env = {k: v for k, v in os.environ.items() if k != "SUPAFLOW_TOKEN"}
+    env.update(client_environment(cfg, load(cfg.secrets_file)))
     cli = str(Path(sys.executable).parent / "supaflow")
     server = None
     if audio_url is None:
         server = serve_audio(sine_wav())
         audio_url = f"http://127.0.0.1:{server.server_address[1]}/sample.wav"
-    deploy = [cli, "deploy", str(REPO / "examples" / "audio_transcription"), "--yes"]
+    # --url: this stack, whatever SUPAFLOW_URL the caller's environment names.
+    deploy = [cli, "deploy", str(REPO / "examples" / "audio_transcription"), "--yes",
+              "--url", cfg.api_url]
     start = [cli, "run", "audio_transcription_v1", "--input", json.dumps({"audio_url": audio_url}),
-             "--wait", "--timeout", str(timeout_s), *(["--json"] if json_output else [])]
+             "--wait", "--timeout", str(timeout_s), "--url", cfg.api_url,
+             *(["--json"] if json_output else [])]
     try:
         print("$ supaflow " + " ".join(deploy[1:]), file=sys.stderr, flush=True)
         deployed = subprocess.run(deploy, env=env, check=False, text=True)

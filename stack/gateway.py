@@ -203,7 +203,10 @@ def build_app(cfg: StackConfig) -> Starlette:
         with this email, created if new. Service-role key only; never deployed."""
         if request.headers.get("authorization", "") != f"Bearer {sec.service_role_key}":
             return JSONResponse({"error": {"code": "unauthorized", "message": "service key"}}, 401)
-        body = await request.json()
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
         email = str(body.get("email", "")) if isinstance(body, dict) else ""
         if not 3 <= len(email) <= 254 or "@" not in email:
             return JSONResponse({"error": {"code": "bad_request", "message": "email"}}, 400)

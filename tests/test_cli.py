@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from supaflow_client.cli import target
+from supaflow_client.files import Problems, load_all
 from testkit.receiver import webhook_receiver
 from testkit.stack import Stack
 from testkit.workflows import WEBHOOK_SECRET_ENV
@@ -130,9 +132,31 @@ def test_a_file_with_a_mistake_names_file_line_and_field_and_changes_nothing(
 def test_a_workflow_using_an_unknown_transformer_is_refused_before_sending(
         stack: Stack, tmp_path: Path) -> None:
     write(tmp_path, "w.yaml", "kind: workflow\nid: x-unknown\ndefinition:\n  steps:\n"
-                              "    - {id: a, transformer: nowhere-to-be-found}\n")
+                              "    - {id: a, transformer: transform}\n"
+                              "    - {id: b, transformer: nowhere-to-be-found}\n")
     done = cli(stack, "deploy", str(tmp_path), "--yes")
-    assert done.returncode == 1 and "nowhere-to-be-found" in done.stderr
+    assert done.returncode == 1
+    assert f"{tmp_path}/w.yaml:6: definition.steps.1.transformer: step 'b' uses" in done.stderr
+
+
+def test_files_hold_json_values_only_and_each_key_once(tmp_path: Path) -> None:
+    """YAML 1.1 would read `2024-01-01` as a date (which cannot be sent) and `yes` as true;
+    a key given twice would silently lose the first. JSON with tabs is still JSON."""
+    write(tmp_path, "w.yaml", "kind: workflow\nid: v\ndefinition:\n  steps:\n"
+                              "    - id: a\n      transformer: transform\n"
+                              "      inputs: {day: 2024-01-01, answer: yes, real: true}\n")
+    (item,) = load_all([tmp_path / "w.yaml"])
+    assert item.body["definition"]["steps"][0]["inputs"] == {
+        "day": "2024-01-01", "answer": "yes", "real": True}
+    write(tmp_path, "twice.yaml", "kind: workflow\nid: t\ndefinition:\n  steps: []\n"
+                                  "  steps:\n    - {id: a, transformer: transform}\n")
+    with pytest.raises(Problems) as info:
+        load_all([tmp_path / "twice.yaml"])
+    assert info.value.lines == [f"{tmp_path}/twice.yaml:5: definition.steps: is given twice"]
+    write(tmp_path, "tabs.json", '{\n\t"kind": "transformer",\n\t"id": "tabbed",'
+                                 '\n\t"type": "transform"\n}\n')
+    (tabbed,) = load_all([tmp_path / "tabs.json"])
+    assert tabbed.body["type"] == "transform"
 
 
 def test_run_waits_and_jobs_commands_cancel_and_retry(stack: Stack, tmp_path: Path) -> None:
@@ -198,6 +222,56 @@ def test_token_is_for_the_local_stack_only(stack: Stack) -> None:
     refused = cli(stack, "token", "--user", "a@example.test", "--url", "https://abcd.supabase.co")
     assert refused.returncode == 2 and "not the local stack" in refused.stderr
     assert refused.stdout == ""
+    minted = as_json(cli(stack, "token", "--user", "b@example.test", "--json"))
+    assert minted["email"] == "b@example.test"
+    assert stack.sql("select email from auth.users where id = %s", (minted["user_id"],)) == [
+        ("b@example.test",)]
+
+
+def test_the_local_keys_never_go_to_another_host(monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path: Path) -> None:
+    """The service-role key and JWT secret of .env (or the environment) are the local
+    stack's: against another URL there is no default token."""
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, ".env", "API_URL=http://127.0.0.1:54321\nSUPABASE_SERVICE_ROLE_KEY=local-key\n"
+                            "SUPABASE_JWT_SECRET=local-secret\n")
+    for name in ("SUPAFLOW_URL", "SUPAFLOW_TOKEN", "API_URL", "SUPABASE_SERVICE_ROLE_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    assert target(None, None).token == "local-key"
+    remote = target("https://abcd.supabase.co", None)
+    assert (remote.token, remote.service_key, remote.jwt_secret) == (None, None, None)
+    assert target("https://abcd.supabase.co", "given").token == "given"
+
+
+def test_a_deactivated_workflow_is_published_again(stack: Stack, tmp_path: Path) -> None:
+    wid, tid = fresh("cli-wf"), fresh("cli-t")
+    assert cli(stack, "deploy", str(project(tmp_path, wid, tid)), "--yes").returncode == 0
+    stack.sql("update workflow.workflows set is_active = false where id = %s", (wid,))
+    plan = as_json(cli(stack, "deploy", str(tmp_path), "--yes", "--json"))
+    assert [(p["id"], p["action"]) for p in plan["plan"] if p["kind"] == "workflow"] == [
+        (wid, "update")]
+    assert stack.sql("select is_active, version from workflow.workflows where id = %s",
+                     (wid,)) == [(True, 1)]
+
+
+def test_run_wait_exits_non_zero_when_the_job_is_cancelled(stack: Stack, tmp_path: Path) -> None:
+    with webhook_receiver() as receiver:
+        hook, wid = fresh("cli-hook"), fresh("cli-cancel")
+        write(tmp_path, "hook.yaml", f"kind: transformer\nid: {hook}\ntype: webhook_call\n"
+                                     f"config: {{url: '{receiver.url('/slow/3000')}',"
+                                     f" secret_env_var: {WEBHOOK_SECRET_ENV}}}\n")
+        write(tmp_path, "workflow.yaml", f"kind: workflow\nid: {wid}\ndefinition:\n  steps:\n"
+                                         f"    - {{id: call, transformer: {hook}}}\n")
+        assert cli(stack, "deploy", str(tmp_path), "--yes").returncode == 0
+        token = cli(stack, "token", "--user", f"{fresh('u')}@example.test").stdout.strip()
+        env = {**os.environ, "SUPAFLOW_URL": stack.api_url, "SUPAFLOW_TOKEN": token}
+        waiting = subprocess.Popen([SUPAFLOW, "run", wid, "--wait", "--json"], env=env,
+                                   stdout=subprocess.PIPE, text=True)
+        receiver.wait_for(lambda: len(receiver.deliveries) > 0, 30, "the held step")
+        job_id = stack.sql("select id::text from workflow.jobs where workflow_id = %s", (wid,))[0][0]
+        assert cli(stack, "jobs", "cancel", job_id, token=token).returncode == 0
+        out, _ = waiting.communicate(timeout=60)
+    assert waiting.returncode == 1 and json.loads(out)["status"] == "cancelled"
 
 
 def test_the_live_view_updates_on_a_terminal(stack: Stack, tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ from rich.table import Table
 from rich.text import Text
 
 from supaflow_client.client import Client, JobStatus, SupaflowError
-from supaflow_client.deploy import Change, apply_changes, plan_changes
+from supaflow_client.deploy import Change, Failed, apply_changes, plan_changes
 from supaflow_client.files import Problems, load_all
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -44,7 +44,6 @@ app.add_typer(workflows_app, name="workflows")
 
 console = Console()
 errors = Console(stderr=True)
-TERMINAL = ("completed", "failed", "cancelled")
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 DEFAULT_LOCAL_USER = "you@localhost"
 
@@ -86,8 +85,11 @@ def target(url: str | None, token: str | None) -> Target:
         raise fail("no API URL: pass --url, or set SUPAFLOW_URL (a .env from `make env` has"
                    " API_URL)")
     service_key = setting("SUPABASE_SERVICE_ROLE_KEY")
-    return Target(found_url.rstrip("/"), token or setting("SUPAFLOW_TOKEN") or service_key,
-                  service_key, setting("SUPABASE_JWT_SECRET"))
+    # The local stack's keys (make env) are only ever sent to the local stack.
+    local = (urlsplit(found_url).hostname or "") in LOCAL_HOSTS
+    default = service_key if local else None
+    return Target(found_url.rstrip("/"), token or setting("SUPAFLOW_TOKEN") or default,
+                  service_key if local else None, setting("SUPABASE_JWT_SECRET") if local else None)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -128,8 +130,11 @@ def local_user_token(t: Target, email: str, valid_s: int = 3600) -> str:
     if not t.jwt_secret or not t.service_key:
         fail("the local stack's SUPABASE_JWT_SECRET and SUPABASE_SERVICE_ROLE_KEY are needed"
              " (make -s env > .env)")
-    answer = httpx.post(f"{t.url}/_stack/users", json={"email": email}, timeout=30,
-                        headers={"Authorization": f"Bearer {t.service_key}"})
+    try:
+        answer = httpx.post(f"{t.url}/_stack/users", json={"email": email}, timeout=30,
+                            headers={"Authorization": f"Bearer {t.service_key}"})
+    except httpx.HTTPError as exc:
+        raise fail(f"cannot reach the local stack at {t.url}: {exc}") from None
     if answer.status_code != 200:
         fail(f"cannot create the local user {email}: {answer.status_code} {answer.text}")
     now = int(time.time())
@@ -151,9 +156,12 @@ def user_token(t: Target) -> str | None:
 
 @app.command()
 def token(user: Annotated[str, typer.Option("--user", help="The user's email.")],
-          url: UrlOpt = None, valid_s: int = 3600) -> None:
+          url: UrlOpt = None, valid_s: int = 3600, as_json: JsonOpt = False) -> None:
     """Print a user JWT for the local stack only, creating the user if new."""
-    print(local_user_token(target(url, None), user, valid_s))
+    minted = local_user_token(target(url, None), user, valid_s)
+    claims = jwt.decode(minted, options={"verify_signature": False})
+    emit({"token": minted, "user_id": claims["sub"], "email": user, "expires_at": claims["exp"]},
+         as_json, lambda: print(minted))
 
 
 # --------------------------------------------------------------------------- deploy
@@ -195,6 +203,7 @@ def deploy(
             plan = plan_changes(c, items)
         except Problems as exc:
             refuse(exc.lines, as_json)
+            return
         summary = [{"kind": ch.item.kind, "id": ch.item.id, "action": ch.action, "diff": ch.diff}
                    for ch in plan]
         if not as_json:
@@ -209,7 +218,18 @@ def deploy(
             if not sys.stdin.isatty():
                 fail("not a terminal: pass --yes to publish without asking")
             typer.confirm(f"publish {len(changes)} change(s)?", abort=True)
-        done = apply_changes(c, plan)
+        try:
+            done = apply_changes(c, plan)
+        except Failed as exc:
+            stopped = f"{exc.error.status} {exc.error.code}: {exc.error.message}"
+            emit({"ok": False, "plan": summary, "published": exc.done,
+                  "failed": {"kind": exc.item.kind, "id": exc.item.id, "error": stopped}},
+                 as_json, lambda: None)
+            for d in exc.done:
+                if d["action"] != "unchanged":
+                    errors.print(f"published {d['kind']} {d['id']}", highlight=False)
+            raise fail(f"{exc.item.kind} {exc.item.id} ({exc.item.path}): {stopped};"
+                       " nothing after it was published", 1) from None
     def render() -> None:
         for d in done:
             if d["action"] != "unchanged":
@@ -262,11 +282,10 @@ def _parse_input(raw: str) -> dict[str, Any]:
 def _finish(job: dict[str, Any], as_json: bool) -> None:
     def render() -> None:
         console.print(job_view(job))
-        if job["status"] == "completed":
-            console.print("final_result:", json.dumps(job["final_result"], indent=2), highlight=False)
-        else:
+        if job["status"] != "completed":
             console.print(f"[red]{job['status']}:[/red] {job.get('error_message') or ''}",
                           highlight=False)
+        console.print("final_result:", json.dumps(job["final_result"], indent=2), highlight=False)
     emit(job, as_json, render)
     if job["status"] != "completed":
         raise typer.Exit(1)
@@ -291,13 +310,19 @@ def run(
                                                          highlight=False))
             return
         job_id = str(started["job_id"])
-        if as_json or not console.is_terminal:
-            _finish(c.wait(job_id, timeout=timeout), as_json)
-            return
-        with Live(job_view(c.get_job(job_id)), console=console, refresh_per_second=8,
-                  transient=True) as live:
-            job = c.wait(job_id, timeout=timeout, poll_s=0.25,
-                         on_progress=lambda j: live.update(job_view(j)))
+        try:
+            if as_json or not console.is_terminal:
+                job = c.wait(job_id, timeout=timeout)
+            else:
+                with Live(job_view(c.get_job(job_id)), console=console, refresh_per_second=8,
+                          transient=True) as live:
+                    job = c.wait(job_id, timeout=timeout, poll_s=0.25,
+                                 on_progress=lambda j: live.update(job_view(j)))
+        except TimeoutError:
+            last = c.get_job(job_id)
+            emit(last, as_json, lambda: console.print(job_view(last)))
+            raise fail(f"job {job_id} is still {last['status']} after {timeout:g} s"
+                       " (it goes on; `supaflow jobs show` follows it)", 3) from None
         _finish(job, as_json)
 
 

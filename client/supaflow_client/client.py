@@ -39,7 +39,6 @@ from pydantic import BaseModel
 JSON = dict[str, Any]
 JobStatus = Literal["pending", "running", "completed", "failed", "awaiting_retry", "cancelled"]
 Scope = Literal["own", "tenant"]
-TransformerType = Literal["transform", "http_download", "gemini_prompt", "webhook_call"]
 # on_progress of wait(): AsyncClient also awaits what it returns (an async callback).
 ProgressCallback = Callable[[JSON], object]
 
@@ -394,7 +393,7 @@ class _Api[H: (httpx.Client, httpx.AsyncClient), R, I](ABC):
         (`workflow_id`, `version`, `new_version`). `expected_version` (0: none yet) makes a
         race with another publish a 409 `version_conflict`, `draft_revision` one with
         another PUT of the draft. Retried through outages only with an expected_version
-        (a retry of a publish that took effect is then a 409 `version_conflict`)."""
+        (a retry of a publish that took effect is then a 409 `no_draft`: the draft is gone)."""
         body = _fields(expected_version=expected_version, draft_revision=draft_revision)
         return self._execute(_Call("POST", f"/workflows/{_segment(workflow_id)}/publish",
                                    body=body or None, retry=expected_version is not None))
@@ -407,7 +406,7 @@ class _Api[H: (httpx.Client, httpx.AsyncClient), R, I](ABC):
         """GET /transformers (admins): `{"transformers": [...]}`."""
         return self._execute(_Call("GET", "/transformers"))
 
-    def put_transformer(self, transformer_id: str, type: TransformerType,
+    def put_transformer(self, transformer_id: str, type: str,
                         config: Mapping[str, Any] | BaseModel, *, description: str | None = None,
                         tenant_id: str | None = None) -> R:
         """PUT /transformers/{transformer_id} (admins): create or replace it; the answer

@@ -11,48 +11,66 @@ problem names its file, line and field.
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from supaflow_models.definitions import DefinitionError, normalise
+from supaflow_models.requests import DraftRequest, TransformerRequest
 from supaflow_models.transformers import ConfigError, validate_config
 
 SUFFIXES = (".yaml", ".yml", ".json")
 Path_ = tuple[str | int, ...]
 
 
-class WorkflowFile(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+class WorkflowFile(DraftRequest):
+    """A file's workflow: PUT /workflows/{id}'s body, with its kind and id."""
 
     kind: Literal["workflow"]
     id: str
-    description: str | None = None
-    definition: dict[str, Any]
 
 
-class TransformerFile(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+class TransformerFile(TransformerRequest):
+    """A file's transformer: PUT /transformers/{id}'s body, with its kind and id."""
 
     kind: Literal["transformer"]
     id: str
-    type: str
-    description: str | None = None
-    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class JsonLikeLoader(yaml.SafeLoader):
+    """YAML whose plain values are what JSON has: no dates (`2024-01-01` stays a string,
+    it could not be sent), and only true/false are booleans (`on`, `yes`, `no` stay
+    strings, as in YAML 1.2)."""
+
+
+JsonLikeLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers
+            if tag not in ("tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:bool")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_BOOLEAN = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
+JsonLikeLoader.add_implicit_resolver("tag:yaml.org,2002:bool", _BOOLEAN, list("tTfF"))  # type: ignore[no-untyped-call]
 
 
 @dataclass
 class Loaded:
     """One file's object, checked: `body` is what the API takes (a workflow's definition
-    normalised, as the server stores it)."""
+    normalised, as the server stores it); `lines` says where each field is."""
 
     path: Path
     kind: str
     id: str
     body: dict[str, Any]
+    lines: dict[Path_, int]
+
+    def where(self, field_path: str) -> str:
+        """`file:line: field` for a dotted field of this file (e.g. definition.steps.0.id)."""
+        return f"{self.path}:{_line_of(self.lines, _parse_dotted(field_path))}: {field_path}"
 
 
 @dataclass
@@ -76,17 +94,23 @@ def collect(paths: list[Path]) -> list[Path]:
     return found
 
 
-def _lines(node: yaml.Node, at: Path_, out: dict[Path_, int]) -> None:
-    """The line (1-based) where each key and item of a composed YAML document starts."""
+def _lines(node: yaml.Node, at: Path_, out: dict[Path_, int], repeated: list[str]) -> None:
+    """The line (1-based) where each key and item of a composed YAML document starts;
+    keys given twice in one mapping go to `repeated` (YAML would keep the last silently)."""
     out.setdefault(at, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
         for key, value in node.value:
             here = (*at, key.value)
+            if key.value in seen:
+                repeated.append(f"{key.start_mark.line + 1}: "
+                                f"{'.'.join(str(p) for p in here)}: is given twice")
+            seen.add(key.value)
             out[here] = key.start_mark.line + 1
-            _lines(value, here, out)
+            _lines(value, here, out, repeated)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _lines(item, (*at, i), out)
+            _lines(item, (*at, i), out, repeated)
 
 
 def _parse_dotted(where: str) -> Path_:
@@ -117,17 +141,33 @@ def load(path: Path) -> Loaded:
     """One file, checked; Problems lists everything wrong with it."""
     try:
         text = path.read_text(encoding="utf-8")
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
     except (OSError, UnicodeDecodeError) as exc:
         raise Problems([f"{path}:1: (file): cannot read: {exc}"]) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else 1
-        raise Problems([f"{path}:{line}: (file): not YAML or JSON: {exc}"]) from None
     lines: dict[Path_, int] = {}
+    repeated: list[str] = []
+    node: yaml.Node | None
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise Problems([f"{path}:{getattr(exc, 'lineno', 1)}: (file): not JSON: {exc}"]) \
+                from None
+        try:  # line numbers, when YAML can read this JSON (not with tabs)
+            node = yaml.compose(text, Loader=JsonLikeLoader)
+        except yaml.YAMLError:
+            node = None
+    else:
+        try:
+            node = yaml.compose(text, Loader=JsonLikeLoader)
+            data = yaml.load(text, Loader=JsonLikeLoader)  # noqa: S506 - a safe loader
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = mark.line + 1 if mark is not None else 1
+            raise Problems([f"{path}:{line}: (file): not YAML: {exc}"]) from None
     if node is not None:
-        _lines(node, (), lines)
+        _lines(node, (), lines, repeated)
+    if repeated:
+        raise Problems([f"{path}:{r}" for r in repeated])
     if not isinstance(data, dict) or data.get("kind") not in ("workflow", "transformer"):
         raise Problems([f"{path}:1: kind: must be 'workflow' or 'transformer' (one object per"
                         " file)"])
@@ -142,15 +182,17 @@ def load(path: Path) -> Loaded:
             definition = normalise(parsed.definition)
         except DefinitionError as exc:
             raise Problems([_definition_problem(path, lines, p) for p in exc.problems]) from None
-        body: dict[str, Any] = {"description": parsed.description, "definition": definition}
-        return Loaded(path, "workflow", parsed.id, body)
+        body: dict[str, Any] = {"description": parsed.description, "definition": definition,
+                                "tenant_id": parsed.tenant_id}
+        return Loaded(path, "workflow", parsed.id, body, lines)
     try:
         validate_config(parsed.type, parsed.config)
     except ConfigError as exc:
         raise Problems([_problem(path, lines, *p.partition(": ")[::2]) for p in exc.problems]) \
             from None
-    body = {"type": parsed.type, "description": parsed.description, "config": parsed.config}
-    return Loaded(path, "transformer", parsed.id, body)
+    body = {"type": parsed.type, "description": parsed.description, "config": parsed.config,
+            "tenant_id": parsed.tenant_id}
+    return Loaded(path, "transformer", parsed.id, body, lines)
 
 
 def load_all(paths: list[Path]) -> list[Loaded]:

@@ -1,0 +1,30 @@
+"""The bodies of the admin API's PUTs, which the `supaflow` command's files hold too (with
+`kind` and `id`). What the database bounds (ids, a description's length, tenant ids) it
+alone checks; what a definition or a config may be, their own models check."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class DraftRequest(BaseModel):
+    """PUT /workflows/{workflowId}: a draft's description and definition."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    description: str | None = None
+    definition: dict[str, Any]
+    tenant_id: str | None = None
+
+
+class TransformerRequest(BaseModel):
+    """PUT /transformers/{transformerId}; the executor function follows from the type."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: str
+    description: str | None = None
+    config: dict[str, Any] = Field(default_factory=dict)
+    tenant_id: str | None = None

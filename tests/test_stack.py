@@ -28,7 +28,7 @@ from stack import supervisor
 from stack.config import REPO
 from supabase import ClientOptions, create_client
 from supaflow_models.definitions import normalise
-from testkit.stack import Stack
+from testkit.stack import Stack, net_response
 
 ONE_STEP = normalise({"steps": [{"id": "a", "transformer": "transform"}]})
 
@@ -278,17 +278,38 @@ def test_net_http_post_reaches_a_local_server(stack: Stack) -> None:
             " headers := '{\"Content-Type\": \"application/json\", \"X-Test\": \"yes\"}')",
             (url, json.dumps({"hello": "world"})),
         )
-        request_id = rows[0][0]
-        response = stack.sql(
-            "select status_code, content, timed_out from net._http_response where id = %s",
-            (request_id,),
-        )
+        response = net_response(stack, rows[0][0])
     finally:
         server.shutdown()
-    assert response == [(201, '{"pong": true}', False)]
+    assert response == (201, '{"pong": true}', False)
     (call,) = [r for r in _Recorder.received if r["path"] == "/hook?q=1"]
     assert json.loads(call["body"]) == {"hello": "world"}
     assert call["headers"]["X-Test"] == "yes"
+
+
+def test_net_http_post_sends_nothing_for_a_rolled_back_transaction(stack: Stack) -> None:
+    """As pg_net: the request is queued in the caller's transaction and sent after it
+    commits, never inside it; a rollback takes it away."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    marker = uuid.uuid4().hex
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{marker}"
+        with stack.db() as conn:
+            with conn.transaction():
+                (kept,) = conn.execute("select net.http_post(%s || '/kept')", (url,)).fetchone()  # type: ignore[misc]
+                time.sleep(1.5)  # the worker would have sent it by now, were it not queued
+                assert not [r for r in _Recorder.received if marker in r["path"]]
+            with pytest.raises(psycopg.errors.RaiseException), conn.transaction():
+                (lost,) = conn.execute("select net.http_post(%s || '/lost')", (url,)).fetchone()  # type: ignore[misc]
+                conn.execute("do $$ begin raise exception 'roll back'; end $$")
+        assert net_response(stack, kept)[0] == 201
+        time.sleep(1.5)
+    finally:
+        server.shutdown()
+    assert [r["path"] for r in _Recorder.received if marker in r["path"]] == [f"/{marker}/kept"]
+    assert stack.sql("select count(*) from net.http_request_queue")[0][0] == 0
+    assert stack.sql("select count(*) from net._http_response where id = %s", (lost,))[0][0] == 0
 
 
 def test_supabase_internals_are_not_callable_by_api_roles(stack: Stack) -> None:

@@ -120,6 +120,7 @@ WRITERS = [
                    "p_workflow_version": 1, "p_input": {}}),
     ("cancel_job", {"p_job_id": str(uuid.uuid4()), "p_claims": {"role": "service_role"}}),
     ("retry_job", {"p_job_id": str(uuid.uuid4()), "p_claims": {"role": "service_role"}}),
+    ("start_workflow", {"p_workflow_id": "x", "p_input": {}}),
     ("put_draft", {"p_workflow_id": "x", "p_description": None, "p_definition": {},
                    "p_tenant_id": None, "p_claims": {"role": "service_role"}}),
     ("publish_workflow", {"p_workflow_id": "x", "p_expected_version": None,

@@ -39,6 +39,7 @@ from pydantic import BaseModel
 JSON = dict[str, Any]
 JobStatus = Literal["pending", "running", "completed", "failed", "awaiting_retry", "cancelled"]
 Scope = Literal["own", "tenant"]
+Origin = Literal["api", "sql", "trigger", "schedule", "webhook"]
 # on_progress of wait(): AsyncClient also awaits what it returns (an async callback).
 ProgressCallback = Callable[[JSON], object]
 
@@ -318,22 +319,24 @@ class _Api[H: (httpx.Client, httpx.AsyncClient), R, I](ABC):
     def list_jobs_page(self, *, workflow_id: str | None = None, status: JobStatus | None = None,
                        created_after: datetime | str | None = None,
                        created_before: datetime | str | None = None, scope: Scope | None = None,
-                       limit: int | None = None, cursor: str | None = None) -> R:
+                       origin: Origin | None = None, limit: int | None = None,
+                       cursor: str | None = None) -> R:
         """GET /jobs: one page, newest first (`jobs`, `next_cursor`: pass it back as
         `cursor` with the same filters)."""
         return self._execute(_Call("GET", "/jobs", params=_query(
             workflow_id=workflow_id, status=status, created_after=created_after,
-            created_before=created_before, scope=scope, limit=limit, cursor=cursor)))
+            created_before=created_before, scope=scope, origin=origin, limit=limit,
+            cursor=cursor)))
 
     def list_jobs(self, *, workflow_id: str | None = None, status: JobStatus | None = None,
                   created_after: datetime | str | None = None,
                   created_before: datetime | str | None = None, scope: Scope | None = None,
-                  page_size: int | None = None) -> I:
+                  origin: Origin | None = None, page_size: int | None = None) -> I:
         """Every job the filters select, newest first, fetched a page (`page_size`, at most
         200) at a time as the iteration goes."""
         first = _Call("GET", "/jobs", params=_query(
             workflow_id=workflow_id, status=status, created_after=created_after,
-            created_before=created_before, scope=scope, limit=page_size))
+            created_before=created_before, scope=scope, origin=origin, limit=page_size))
         return self._paginate(_Pages(first, "jobs", "next_cursor", "cursor"))
 
     def cancel_job(self, job_id: str) -> R:

@@ -234,7 +234,8 @@ create trigger transformers_touch before update on workflow.transformers
 
 create table workflow.jobs (
   id uuid primary key default gen_random_uuid(),
-  user_id uuid not null references auth.users (id) on delete cascade,
+  -- The user it runs for; null for a job started in SQL for nobody (a schedule's, say).
+  user_id uuid references auth.users (id) on delete cascade,
   -- The starter's tenant (their token's tenant claim, workflow.claims_tenant) or null.
   tenant_id workflow.tenant_id,
   workflow_id text not null references workflow.workflows (id),
@@ -257,11 +258,17 @@ create table workflow.jobs (
   next_retry_at timestamptz,
   state_history jsonb not null default '[]'::jsonb,
   idempotency_key text check (char_length(idempotency_key) between 1 and 255),
-  -- A key names one start of one workflow by one user (like Stripe's keys).
+  -- What started it: the API, SQL (workflow.start_workflow), a database trigger, a
+  -- schedule or an inbound webhook; the job_created event says more.
+  origin text not null default 'api'
+    check (origin in ('api', 'sql', 'trigger', 'schedule', 'webhook')),
+  -- A key names one start of one workflow by one user, or by nobody (like Stripe's keys).
   unique (user_id, workflow_id, idempotency_key)
 );
 
 create index jobs_user_created_idx on workflow.jobs (user_id, created_at desc, id desc);
+create unique index jobs_nobody_idempotency_idx on workflow.jobs (workflow_id, idempotency_key)
+  where user_id is null;
 create index jobs_tenant_created_idx on workflow.jobs (tenant_id, created_at desc, id desc);
 create index jobs_created_idx on workflow.jobs (created_at desc, id desc);
 create index jobs_status_step_idx on workflow.jobs (status, current_step_id);

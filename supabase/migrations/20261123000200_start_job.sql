@@ -88,10 +88,13 @@ as $$
 $$;
 
 -- p_claims: the starter's verified JWT claims; the job records their tenant, and only
--- a global workflow or one of that tenant starts.
+-- a global workflow or one of that tenant starts. The service role's claims start any
+-- workflow, for its tenant, and may start it for no user (p_user_id null). p_origin
+-- ({"type": "api" | "sql" | "trigger" | "schedule" | "webhook", ...}) is what started it.
 create or replace function workflow.start_job(
   p_user_id uuid, p_workflow_id text, p_workflow_version integer, p_input jsonb,
-  p_idempotency_key text default null, p_claims jsonb default '{}'::jsonb
+  p_idempotency_key text default null, p_claims jsonb default '{}'::jsonb,
+  p_origin jsonb default '{"type": "api"}'::jsonb
 ) returns jsonb
 language plpgsql
 set search_path = ''
@@ -99,13 +102,14 @@ as $$
 declare
   v_version integer;
   v_definition jsonb;
+  v_tenant text;
   v_problem text;
   v_job workflow.jobs;
 begin
-  if p_user_id is null then
+  if p_user_id is null and not workflow.claims_service(p_claims) then
     raise sqlstate 'PT400' using message = 'a user id is required to start a job';
   end if;
-  if not exists (select 1 from auth.users where id = p_user_id) then
+  if p_user_id is not null and not exists (select 1 from auth.users where id = p_user_id) then
     -- e.g. a deleted user whose token has not expired yet
     raise sqlstate 'PT401' using message = 'the token''s user does not exist';
   end if;
@@ -118,12 +122,12 @@ begin
     raise sqlstate 'PT400' using message = 'input_data: ' || v_problem, detail = 'invalid_input';
   end if;
   -- Serialise one user's starts: the rate limit and idempotency hold under concurrency.
-  perform pg_advisory_xact_lock(hashtextextended(p_user_id::text, 42));
+  perform pg_advisory_xact_lock(hashtextextended(coalesce(p_user_id::text, 'nobody'), 42));
 
   if p_idempotency_key is not null then
     select * into v_job from workflow.jobs
-    where user_id = p_user_id and workflow_id = p_workflow_id
-      and idempotency_key = p_idempotency_key;
+    where (user_id = p_user_id or (p_user_id is null and user_id is null))
+      and workflow_id = p_workflow_id and idempotency_key = p_idempotency_key;
     if found then
       if v_job.input_data is distinct from p_input then
         raise sqlstate 'PT409' using detail = 'idempotency_conflict', message = format(
@@ -136,7 +140,7 @@ begin
   end if;
 
   -- Only the current version starts: the caller validated the input against it.
-  select w.version, v.definition into v_version, v_definition
+  select w.version, v.definition, w.tenant_id into v_version, v_definition, v_tenant
   from workflow.workflows w
   join workflow.workflow_versions v on v.workflow_id = w.id and v.version = w.version
   where w.id = p_workflow_id and w.is_active
@@ -150,12 +154,21 @@ begin
                        p_workflow_version);
   end if;
 
-  perform workflow.check_start_rate(p_user_id);
+  if p_user_id is not null then  -- nobody's starts come from trusted SQL: not limited
+    perform workflow.check_start_rate(p_user_id);
+  end if;
+  if jsonb_typeof(p_origin -> 'type') is distinct from 'string'
+     or p_origin ->> 'type' not in ('api', 'sql', 'trigger', 'schedule', 'webhook') then
+    raise sqlstate 'PT400' using message = 'origin: type must be api, sql, trigger, schedule'
+                                           || ' or webhook';
+  end if;
 
   insert into workflow.jobs (user_id, tenant_id, workflow_id, workflow_version, input_data,
-                             idempotency_key, max_retries, state_history)
-  values (p_user_id, workflow.claims_tenant(p_claims), p_workflow_id, v_version, p_input,
-          p_idempotency_key,
+                             idempotency_key, origin, max_retries, state_history)
+  values (p_user_id,
+          case when workflow.claims_service(p_claims) then v_tenant
+               else workflow.claims_tenant(p_claims) end,
+          p_workflow_id, v_version, p_input, p_idempotency_key, p_origin ->> 'type',
           (select max(d.max_attempts) - 1 from workflow.definition_steps(v_definition) d),
           jsonb_build_array(jsonb_build_object('status', 'pending', 'at', now())))
   returning * into v_job;
@@ -168,7 +181,8 @@ begin
   from workflow.definition_steps(v_definition) d;
 
   perform workflow.append_event(v_job.id, 'job_created', p_to_status => 'pending',
-                                p_detail => jsonb_build_object('workflow_version', v_version));
+                                p_detail => jsonb_build_object('workflow_version', v_version,
+                                                               'origin', p_origin));
   return jsonb_build_object('job_id', v_job.id, 'status', v_job.status,
                             'created_at', v_job.created_at, 'existing', false,
                             'kick', workflow.kick_needed());
@@ -209,5 +223,34 @@ begin
     end;
     return next;
   end loop;
+end
+$$;
+
+-- Starting a job from SQL (service role; database triggers, schedules and webhooks go
+-- through it): in the caller's transaction, with start_job's bounds and idempotency,
+-- for p_user_id or for nobody, on the workflow's current version. The orchestrator is
+-- kicked through net.http_post, which sends only once the transaction commits: a
+-- rolled-back start sends nothing and leaves nothing. No input_schema check here
+-- (that is the API's, in Python): a SQL caller is trusted to pass what the workflow takes.
+create or replace function workflow.start_workflow(
+  p_workflow_id text, p_input jsonb default '{}'::jsonb, p_user_id uuid default null,
+  p_idempotency_key text default null, p_origin jsonb default '{"type": "sql"}'::jsonb
+) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_result jsonb;
+begin
+  v_result := workflow.start_job(
+    p_user_id, p_workflow_id,
+    (select w.version from workflow.workflows w where w.id = p_workflow_id and w.is_active),
+    p_input, p_idempotency_key, '{"role": "service_role"}'::jsonb, p_origin);
+  if coalesce((v_result ->> 'kick')::boolean, false) then
+    -- The reason the API's kicks give (shared.dispatch.KICK_REASON): a kicked pass.
+    perform workflow.call_orchestrator('job started');
+  end if;
+  return v_result - 'kick';
 end
 $$;

@@ -14,7 +14,9 @@ end
 $$;
 create extension if not exists pg_cron;
 
-create or replace function workflow.call_orchestrator() returns bigint
+-- Asks for an orchestrator pass (p_reason: cron, or 'job started' for a kick). net.http_post sends it once the
+-- calling transaction has committed.
+create or replace function workflow.call_orchestrator(p_reason text default 'cron') returns bigint
 language sql
 security definer
 set search_path = ''
@@ -22,7 +24,7 @@ as $$
   select net.http_post(
     url := (select decrypted_secret from vault.decrypted_secrets
             where name = 'supaflow_orchestrator_url'),
-    body := '{"reason": "cron"}'::jsonb,
+    body := jsonb_build_object('reason', p_reason),
     headers := jsonb_build_object(
       'Content-Type', 'application/json',
       'Authorization', 'Bearer ' || (select decrypted_secret from vault.decrypted_secrets

@@ -25,4 +25,4 @@ grant execute on function workflow.claims_service(jsonb), workflow.claims_tenant
   workflow.claims_reach(jsonb, text)
   to authenticated;
 -- pg_cron runs call_orchestrator as the database owner; nobody else needs it.
-revoke execute on function workflow.call_orchestrator() from service_role;
+revoke execute on function workflow.call_orchestrator(text) from service_role;

@@ -90,7 +90,8 @@ def test_each_method_calls_its_operation() -> None:
 
     client = mocked(answer)
     placeholders = {"job_id": str(uuid.uuid4()), "workflow_id": "wf", "transformer_id": "t",
-                    "definition": {"steps": []}, "type": "transform", "config": {}}
+                    "definition": {"steps": []}, "type": "transform", "config": {},
+                    "trigger_id": "tr", "table": "public.t", "events": ["INSERT"]}
     documented = operations()
     for operation_id, name in OPERATIONS.items():
         method = getattr(client, name)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -130,3 +132,111 @@ def test_the_api_and_the_database_know_the_same_origins(stack: Stack) -> None:
     (check,) = stack.sql("select pg_get_constraintdef(c.oid) from pg_constraint c where"
                          " c.conrelid = 'workflow.jobs'::regclass and c.conname like '%origin%'")[0]
     assert tuple(re.findall(r"'(\w+)'::text", check)) == jobs.ORIGINS
+
+
+# Database-event triggers ---------------------------------------------------------------
+
+
+@pytest.fixture
+def signups(stack: Stack) -> Iterator[str]:
+    """A table of the user's own, as an app would have: public.signups_<random>."""
+    table = f"public.signups_{uuid.uuid4().hex[:8]}"
+    stack.sql(f"create table {table} (id bigint generated always as identity primary key,"
+              " email text not null, plan text not null default 'free', owner uuid,"
+              " confirmed boolean not null default false)")
+    stack.sql(f"grant all on {table} to service_role")
+    yield table
+    stack.sql(f"drop table {table}")
+
+
+def attach(api: Api, stack: Stack, trigger_id: str, **body: Any) -> Any:
+    return api.request("PUT", f"/triggers/{trigger_id}", stack.sec.service_role_key, json=body)
+
+
+def test_a_row_insert_starts_one_job_with_input_from_the_row(
+        stack: Stack, api: Api, signups: str) -> None:
+    wid = create_workflow(stack, chain(1))
+    user = stack.create_user()
+    trigger_id = f"tr-{uuid.uuid4().hex[:8]}"
+    attached = attach(api, stack, trigger_id, workflow_id=wid, table=signups, events=["insert"],
+                      condition="new.plan <> 'spam'", input_mapping={"n": "new.email"},
+                      owner_column="owner")
+    assert attached.status_code == 200, attached.text
+    body = attached.json()
+    assert body["installed_sql"].startswith(f"create trigger \"supaflow_{trigger_id}\" after INSERT")
+    assert "when (new.plan <> 'spam')" in body["installed_sql"]
+
+    stack.sql(f"insert into {signups} (email, owner) values ('ada@example.test', %s)", (user.id,))
+    stack.sql(f"insert into {signups} (email, plan) values ('bot@example.test', 'spam')")
+    with stack.db() as conn, pytest.raises(psycopg.errors.RaiseException), conn.transaction():
+        conn.execute(f"insert into {signups} (email) values ('gone@example.test')".encode())
+        conn.execute("do $$ begin raise exception 'roll back'; end $$")
+    deadline = time.monotonic() + 30
+    while not (rows := stack.sql("select id::text, input_data, user_id::text, origin from"
+                                 " workflow.jobs where workflow_id = %s", (wid,))):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert [(r[1], r[2], r[3]) for r in rows] == [({"n": "ada@example.test"}, user.id, "trigger")]
+    assert wait_status(stack, rows[0][0], "completed", 60) == "completed"
+    (created,) = stack.sql("select detail from workflow.job_events where job_id = %s"
+                           " and event_type = 'job_created'", (rows[0][0],))
+    assert created[0]["origin"] == {"type": "trigger", "trigger_id": trigger_id,
+                                    "table": signups, "operation": "INSERT"}
+    listed = api.request("GET", "/triggers", stack.sec.service_role_key).json()["triggers"]
+    assert [t["failures"] for t in listed if t["trigger_id"] == trigger_id] == [0]
+
+    detached = api.request("DELETE", f"/triggers/{trigger_id}", stack.sec.service_role_key)
+    assert detached.json() == {"trigger_id": trigger_id, "detached": True}
+    stack.sql(f"insert into {signups} (email) values ('late@example.test')")
+    time.sleep(0.5)
+    assert len(stack.sql("select 1 from workflow.jobs where workflow_id = %s", (wid,))) == 1
+
+
+def test_a_failing_start_never_blocks_the_row_change(stack: Stack, api: Api, signups: str) -> None:
+    wid = create_workflow(stack, chain(1))
+    trigger_id = f"tr-{uuid.uuid4().hex[:8]}"
+    assert attach(api, stack, trigger_id, workflow_id=wid, table=signups,
+                  events=["INSERT", "UPDATE"]).status_code == 200
+    stack.sql("update workflow.workflows set is_active = false where id = %s", (wid,))
+    stack.sql(f"insert into {signups} (email) values ('still@example.test')")
+    assert stack.sql(f"select count(*) from {signups}") == [(1,)], "the change committed"
+    assert stack.sql("select count(*) from workflow.jobs where workflow_id = %s", (wid,)) == [(0,)]
+    (listed,) = [t for t in api.request("GET", "/triggers", stack.sec.service_role_key).json()[
+        "triggers"] if t["trigger_id"] == trigger_id]
+    assert listed["failures"] == 1 and "not found" in listed["last_failure"]
+    # A whole-row input when there is no mapping, for an update too.
+    stack.sql("update workflow.workflows set is_active = true where id = %s", (wid,))
+    stack.sql(f"update {signups} set confirmed = true")
+    (input_data,) = stack.sql("select input_data from workflow.jobs where workflow_id = %s",
+                              (wid,))[0]
+    assert (input_data["operation"], input_data["old"]["confirmed"], input_data["new"]["confirmed"]) \
+        == ("UPDATE", False, True)
+
+
+@pytest.mark.parametrize(("change", "word"), [
+    ({"table": "public.no_such_table"}, "table"),
+    ({"input_mapping": {"n": "new.no_such_column"}}, "no_such_column"),
+    ({"owner_column": "nobody_column"}, "nobody_column"),
+    ({"condition": "new.plan = "}, "condition"),
+    ({"condition": "old.plan = 'x'"}, "condition"),  # an INSERT has no OLD
+    ({"events": ["TRUNCATE"]}, "events"),
+    ({"workflow_id": "no-such-workflow"}, "workflow_id"),
+])
+def test_a_bad_trigger_is_refused_naming_it_and_installs_nothing(
+        stack: Stack, api: Api, signups: str, change: dict[str, Any], word: str) -> None:
+    wid = create_workflow(stack, chain(1))
+    body = {"workflow_id": wid, "table": signups, "events": ["INSERT"], **change}
+    refused = attach(api, stack, f"tr-{uuid.uuid4().hex[:8]}", **body)
+    assert refused.status_code == 400 and word in refused.json()["error"]["message"], refused.text
+    assert stack.sql("select count(*) from pg_trigger where tgrelid = %s::regclass"
+                     " and not tgisinternal", (signups,)) == [(0,)]
+
+
+def test_triggers_are_the_service_roles(stack: Stack, api: Api, signups: str) -> None:
+    wid = create_workflow(stack, chain(1))
+    admin = stack.create_user()
+    token = stack.token(admin.id, app_metadata={"supaflow_role": "admin"})
+    refused = api.request("PUT", "/triggers/tr-x", token,
+                          json={"workflow_id": wid, "table": signups, "events": ["INSERT"]})
+    assert refused.status_code == 403
+    assert api.request("GET", "/triggers", token).status_code == 403

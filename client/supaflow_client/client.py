@@ -66,6 +66,9 @@ OPERATIONS: dict[str, str] = {
     "retryJob": "retry_job",
     "listJobEvents": "job_events_page",
     "getHealth": "health",
+    "listTriggers": "list_triggers",
+    "putTrigger": "put_trigger",
+    "deleteTrigger": "delete_trigger",
 }
 
 
@@ -416,6 +419,25 @@ class _Api[H: (httpx.Client, httpx.AsyncClient), R, I](ABC):
         holds it as stored, with `created`."""
         body = _fields(type=type, config=_plain(config), description=description, tenant_id=tenant_id)
         return self._execute(_Call("PUT", f"/transformers/{_segment(transformer_id)}", body=body))
+
+    def list_triggers(self) -> R:
+        """GET /triggers (the service role): `{"triggers": [...]}`, each with its installed
+        SQL and its failed starts."""
+        return self._execute(_Call("GET", "/triggers"))
+
+    def put_trigger(self, trigger_id: str, workflow_id: str, table: str, events: Sequence[str], *,
+                    condition: str | None = None, input_mapping: Mapping[str, str] | None = None,
+                    owner_column: str | None = None) -> R:
+        """PUT /triggers/{trigger_id} (the service role): start `workflow_id` on each change
+        of `table` (schema.table) that `events` and `condition` admit."""
+        body = _fields(workflow_id=workflow_id, table=table, events=list(events),
+                       condition=condition, input_mapping=dict(input_mapping or {}) or None,
+                       owner_column=owner_column)
+        return self._execute(_Call("PUT", f"/triggers/{_segment(trigger_id)}", body=body))
+
+    def delete_trigger(self, trigger_id: str) -> R:
+        """DELETE /triggers/{trigger_id} (the service role): its trigger is dropped."""
+        return self._execute(_Call("DELETE", f"/triggers/{_segment(trigger_id)}"))
 
     def health(self) -> R:
         """GET /health (no token): `{"status": "ok" | "unhealthy", "checks": {...}}`, for a

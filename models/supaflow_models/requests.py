@@ -28,3 +28,19 @@ class TransformerRequest(BaseModel):
     description: str | None = None
     config: dict[str, Any] = Field(default_factory=dict)
     tenant_id: str | None = None
+
+
+class TriggerRequest(BaseModel):
+    """PUT /triggers/{triggerId}: start `workflow_id` on each change of `table` (schema.table)
+    that `events` name and `condition` (a SQL expression on OLD/NEW) admits; the input maps
+    keys to `new.<column>` / `old.<column>` (default: the whole change), the job runs for
+    the user in `owner_column` (default: nobody)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    workflow_id: str
+    table: str
+    events: list[str] = Field(min_length=1)
+    condition: str | None = None
+    input_mapping: dict[str, str] | None = None
+    owner_column: str | None = None

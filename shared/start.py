@@ -5,17 +5,19 @@ user the function verified. Users cannot call start_job themselves.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any
+from typing import Any, Self
 
 from postgrest.exceptions import APIError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shared import db
 from shared.api import first_problem
 from shared.auth import User
 from shared.errors import ApiError, bad_request, not_found
 from supaflow_models.definitions import (
+    MAX_DELAY_S,
     DefinitionError,
     InputError,
     WorkflowDefinition,
@@ -28,11 +30,35 @@ MAX_VERSION_RETRIES = 3
 
 
 class StartRequest(BaseModel):
+    """A start; `start_at` (ISO 8601 with a time zone) or `delay_s` puts its first steps
+    off (how far ahead is start_job's rule: 30 days)."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
 
     workflow_id: str = Field(min_length=1, max_length=128)
     input_data: dict[str, Any] = Field(default_factory=dict)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+    start_at: str | None = Field(default=None, max_length=64)
+    delay_s: float | None = Field(default=None, ge=0, le=MAX_DELAY_S)
+
+    @model_validator(mode="after")
+    def _one_way_to_wait(self) -> Self:
+        if self.start_at is not None and self.delay_s is not None:
+            raise ValueError("give start_at or delay_s, not both")
+        if self.start_at is not None:
+            try:
+                when = datetime.fromisoformat(self.start_at)
+            except ValueError:
+                raise ValueError("start_at: must be an ISO 8601 timestamp") from None
+            if when.tzinfo is None:
+                raise ValueError("start_at: must have a time zone")
+        return self
+
+    def when(self) -> str | None:
+        """When the job's first steps may run, for start_job (null: now)."""
+        if self.delay_s is not None:
+            return (datetime.now(UTC) + timedelta(seconds=self.delay_s)).isoformat()
+        return self.start_at
 
 
 # The last version each workflow was started at, in this process: a guess that
@@ -84,6 +110,7 @@ def _start_job_rpc(user: User, req: StartRequest, version: int | None) -> dict[s
         "p_input": req.input_data,
         "p_idempotency_key": req.idempotency_key,
         "p_claims": user.claims,
+        "p_start_at": req.when(),
     }
     return db.obj(db.as_service().rpc("start_job", params).execute().data)
 
@@ -204,7 +231,8 @@ def start_jobs(user: User, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
                 continue
             version = None  # only a replay of an earlier start may still answer
         items.append({"index": index, "workflow_id": req.workflow_id, "workflow_version": version,
-                      "input": req.input_data, "idempotency_key": req.idempotency_key})
+                      "input": req.input_data, "idempotency_key": req.idempotency_key,
+                      "start_at": req.when()})
     params: dict[str, Any] = {"p_user_id": user.id, "p_jobs": items, "p_claims": user.claims}
     try:
         rows = db.rows(db.as_service().rpc("start_jobs", params).execute().data) if items else []

@@ -25,7 +25,8 @@ def attach(caller: Caller, trigger_id: str, body: dict[str, Any]) -> dict[str, A
         "p_trigger_id": trigger_id, "p_workflow_id": req.workflow_id, "p_table": req.table,
         "p_events": [e.upper() for e in req.events], "p_condition": req.condition,
         "p_input_mapping": req.input_mapping, "p_owner_column": req.owner_column,
-        "p_claims": caller.claims,
+        "p_claims": caller.claims, "p_start_at_column": req.start_at_column,
+        "p_start_offset_s": req.start_offset_s,
     }))
 
 

@@ -69,6 +69,7 @@ BOUNDS = [
     ("retry.initial_delay_s", 0.001, 0.0009), ("retry.max_delay_s", 86400, 86401),
     ("retry.multiplier", 10, 10.5), ("retry.multiplier", 1, 0.9),
     ("retry.jitter", 1, 1.1), ("retry.jitter", 0, -0.1),
+    ("delay_s", 2592000, 2592001), ("delay_s", 0, -0.5),
 ]
 
 

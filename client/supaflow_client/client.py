@@ -300,11 +300,15 @@ class _Api[H: (httpx.Client, httpx.AsyncClient), R, I](ABC):
     # Jobs.
 
     def start(self, workflow_id: str, input_data: Mapping[str, Any] | None = None, *,
-              idempotency_key: str | None = None) -> R:
+              idempotency_key: str | None = None, start_at: datetime | str | None = None,
+              delay_s: float | None = None) -> R:
         """POST /workflows/start: a job of the workflow (`job_id`, `status`, `created_at`).
-        Without an idempotency_key one is generated, so retries never start it twice."""
+        Without an idempotency_key one is generated, so retries never start it twice.
+        `start_at` or `delay_s` puts its first steps off."""
+        when = start_at.isoformat() if isinstance(start_at, datetime) else start_at
         start = _fields(workflow_id=workflow_id, idempotency_key=idempotency_key,
-                        input_data=None if input_data is None else dict(input_data))
+                        input_data=None if input_data is None else dict(input_data),
+                        start_at=when, delay_s=delay_s)
         return self._execute(_Call("POST", "/workflows/start", body=_with_key(start)))
 
     def start_many(self, starts: Sequence[Mapping[str, Any]]) -> R:

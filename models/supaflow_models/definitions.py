@@ -47,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from supaflow_models import mapping
 
 STEP_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+MAX_DELAY_S = 30 * 86400  # a step's delay_s, and how far ahead a start may be
 
 Loc = tuple[str | int, ...]
 
@@ -101,6 +102,9 @@ class Step(BaseModel):
     inputs: dict[str, Any] = Field(default_factory=dict)
     retry: RetryPolicy | None = None
     timeout_s: int = Field(default=300, ge=1, le=900)
+    # Seconds to wait, once its dependencies complete (or the job starts, for a root
+    # step), before the step runs: "follow up an hour later". At most 30 days.
+    delay_s: float = Field(default=0, ge=0, le=MAX_DELAY_S)
 
     @field_validator("inputs")
     @classmethod
@@ -218,6 +222,7 @@ def normalise(raw: Any) -> dict[str, Any]:
                 "inputs": step.inputs,
                 "retry": (step.retry or default_retry).model_dump(),
                 "timeout_s": step.timeout_s,
+                "delay_s": step.delay_s,
             }
             for step in defn.steps
         ],

@@ -44,3 +44,6 @@ class TriggerRequest(BaseModel):
     condition: str | None = None
     input_mapping: dict[str, str] | None = None
     owner_column: str | None = None
+    # Seed 001's phase: start at this column's time plus start_offset_s (negative: before).
+    start_at_column: str | None = None
+    start_offset_s: float = 0

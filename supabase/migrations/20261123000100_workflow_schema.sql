@@ -103,6 +103,8 @@ begin
       return v_at || 'depends_on: must list ids of the workflow''s steps';
     elsif not workflow.number_within(v_step -> 'timeout_s', 1, 900, true) then
       return v_at || 'timeout_s: must be a whole number of seconds, 1 to 900';
+    elsif not workflow.number_within(v_step -> 'delay_s', 0, 2592000) then
+      return v_at || 'delay_s: must be a number of seconds, 0 to 2592000 (30 days)';
     elsif jsonb_typeof(v_retry) is distinct from 'object'
        or not workflow.number_within(v_retry -> 'max_retries', 0, 20, true)
        or not workflow.number_within(v_retry -> 'initial_delay_s', 0.001, 86400)

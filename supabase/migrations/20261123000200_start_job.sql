@@ -91,10 +91,13 @@ $$;
 -- a global workflow or one of that tenant starts. The service role's claims start any
 -- workflow, for its tenant, and may start it for no user (p_user_id null). p_origin
 -- ({"type": "api" | "sql" | "trigger" | "schedule" | "webhook", ...}) is what started it.
+-- p_start_at: when its first steps may run (null or past: now; at most 30 days ahead);
+-- each root step's own delay_s counts from then. Waiting costs nothing: the steps are
+-- ready with a later next_attempt_at, found by the claims when due.
 create or replace function workflow.start_job(
   p_user_id uuid, p_workflow_id text, p_workflow_version integer, p_input jsonb,
   p_idempotency_key text default null, p_claims jsonb default '{}'::jsonb,
-  p_origin jsonb default '{"type": "api"}'::jsonb
+  p_origin jsonb default '{"type": "api"}'::jsonb, p_start_at timestamptz default null
 ) returns jsonb
 language plpgsql
 set search_path = ''
@@ -154,6 +157,10 @@ begin
                        p_workflow_version);
   end if;
 
+  if p_start_at > now() + interval '30 days' then
+    raise sqlstate 'PT400' using detail = 'bad_request',
+      message = 'start_at: at most 30 days ahead';
+  end if;
   if p_user_id is not null then  -- nobody's starts come from trusted SQL: not limited
     perform workflow.check_start_rate(p_user_id);
   end if;
@@ -177,12 +184,17 @@ begin
                                   max_attempts, status, next_attempt_at)
   select v_job.id, d.step_id, d.transformer_id, d.depends_on, d.definition, d.max_attempts,
          case when cardinality(d.depends_on) = 0 then 'ready' else 'waiting' end,
-         case when cardinality(d.depends_on) = 0 then now() end
+         case when cardinality(d.depends_on) = 0 then
+           greatest(now(), coalesce(p_start_at, now()))
+           + make_interval(secs => (d.definition ->> 'delay_s')::float8) end
   from workflow.definition_steps(v_definition) d;
 
   perform workflow.append_event(v_job.id, 'job_created', p_to_status => 'pending',
                                 p_detail => jsonb_build_object('workflow_version', v_version,
-                                                               'origin', p_origin));
+                                                               'origin', p_origin)
+                                            || case when p_start_at > now() then
+                                                 jsonb_build_object('start_at', p_start_at)
+                                               else '{}'::jsonb end);
   return jsonb_build_object('job_id', v_job.id, 'status', v_job.status,
                             'created_at', v_job.created_at, 'existing', false,
                             'kick', workflow.kick_needed());
@@ -212,7 +224,8 @@ begin
     begin
       result := workflow.start_job(p_user_id, j.e ->> 'workflow_id',
                                    (j.e ->> 'workflow_version')::integer, j.e -> 'input',
-                                   j.e ->> 'idempotency_key', p_claims);
+                                   j.e ->> 'idempotency_key', p_claims,
+                                   p_start_at => (j.e ->> 'start_at')::timestamptz);
     exception when sqlstate 'PT400' or sqlstate 'PT401' or sqlstate 'PT404'
                    or sqlstate 'PT409' or sqlstate 'PT429' then
       get stacked diagnostics v_state = returned_sqlstate, v_message = message_text,
@@ -234,7 +247,8 @@ $$;
 -- (that is the API's, in Python): a SQL caller is trusted to pass what the workflow takes.
 create or replace function workflow.start_workflow(
   p_workflow_id text, p_input jsonb default '{}'::jsonb, p_user_id uuid default null,
-  p_idempotency_key text default null, p_origin jsonb default '{"type": "sql"}'::jsonb
+  p_idempotency_key text default null, p_origin jsonb default '{"type": "sql"}'::jsonb,
+  p_start_at timestamptz default null
 ) returns jsonb
 language plpgsql
 security definer
@@ -246,7 +260,7 @@ begin
   v_result := workflow.start_job(
     p_user_id, p_workflow_id,
     (select w.version from workflow.workflows w where w.id = p_workflow_id and w.is_active),
-    p_input, p_idempotency_key, '{"role": "service_role"}'::jsonb, p_origin);
+    p_input, p_idempotency_key, '{"role": "service_role"}'::jsonb, p_origin, p_start_at);
   if coalesce((v_result ->> 'kick')::boolean, false) then
     -- The reason the API's kicks give (shared.dispatch.KICK_REASON): a kicked pass.
     perform workflow.call_orchestrator('job started');

@@ -232,7 +232,8 @@ begin
                                 'running', 'completed');
 
   with ready as (
-    update workflow.job_steps d set status = 'ready', next_attempt_at = now()
+    update workflow.job_steps d set status = 'ready',
+      next_attempt_at = now() + make_interval(secs => (d.definition ->> 'delay_s')::float8)
     where d.job_id = p_job_id and d.status = 'waiting' and p_step_id = any(d.depends_on)
       and not exists (
         select 1 from workflow.job_steps u

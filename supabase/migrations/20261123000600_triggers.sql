@@ -14,6 +14,11 @@ create table workflow.event_triggers (
   condition text check (char_length(condition) <= 2000),   -- a WHEN expression on OLD/NEW
   input_mapping jsonb check (input_mapping is null or jsonb_typeof(input_mapping) = 'object'),
   owner_column text,                           -- the row's column holding the user id
+  -- Seed 001's phase: the job starts at the row's start_at_column plus start_offset_s
+  -- (negative: before it; "24 hours before appointment_at" is -86400).
+  start_at_column text,
+  start_offset_s double precision not null default 0
+    check (abs(start_offset_s) <= 2592000),
   installed_sql text not null,
   created_at timestamptz not null default now(),
   updated_at timestamptz not null default now()
@@ -87,7 +92,9 @@ begin
       workflow.trigger_input(v_trigger.input_mapping, tg_op, v_trigger.table_name, v_new, v_old),
       v_owner::uuid, null,
       jsonb_build_object('type', 'trigger', 'trigger_id', v_trigger.id,
-                         'table', v_trigger.table_name, 'operation', tg_op));
+                         'table', v_trigger.table_name, 'operation', tg_op),
+      (coalesce(v_new, v_old) ->> v_trigger.start_at_column)::timestamptz
+        + make_interval(secs => v_trigger.start_offset_s));
   exception when others then
     get stacked diagnostics v_error = message_text;
     insert into workflow.trigger_failures (trigger_id, table_name, operation, error)
@@ -102,7 +109,8 @@ $$;
 -- owner read, and the condition (Postgres compiles it when the trigger is created).
 create or replace function workflow.attach_trigger(
   p_trigger_id text, p_workflow_id text, p_table text, p_events text[], p_condition text,
-  p_input_mapping jsonb, p_owner_column text, p_claims jsonb
+  p_input_mapping jsonb, p_owner_column text, p_claims jsonb,
+  p_start_at_column text default null, p_start_offset_s double precision default 0
 ) returns jsonb
 language plpgsql
 security definer
@@ -137,14 +145,19 @@ begin
   for v_read in
     select value from jsonb_each_text(coalesce(p_input_mapping, '{}'::jsonb))
     union all select 'new.' || p_owner_column where p_owner_column is not null
+    union all select 'new.' || p_start_at_column where p_start_at_column is not null
   loop
     if v_read !~ '^(new|old)\.' or not substr(v_read, position('.' in v_read) + 1) = any(v_columns)
     then
       raise sqlstate 'PT400' using detail = 'bad_request', message = format(
-        'input_mapping/owner_column: %s reads no column of %s (write new.<column> or'
-        ' old.<column>)', to_jsonb(v_read), p_table);
+        'input_mapping/owner_column/start_at_column: %s reads no column of %s (write'
+        ' new.<column> or old.<column>)', to_jsonb(v_read), p_table);
     end if;
   end loop;
+  if abs(coalesce(p_start_offset_s, 0)) > 2592000 then
+    raise sqlstate 'PT400' using detail = 'bad_request',
+      message = 'start_offset_s: at most 2592000 seconds (30 days) either way';
+  end if;
   v_sql := format('create trigger %I after %s on %s for each row%s execute function'
                   ' workflow.start_from_row(%L)',
                   'supaflow_' || p_trigger_id, array_to_string(p_events, ' or '), v_table,
@@ -159,9 +172,10 @@ begin
       message = 'condition: ' || sqlerrm;
   end;
   insert into workflow.event_triggers (id, workflow_id, table_name, events, condition,
-                                       input_mapping, owner_column, installed_sql)
+                                       input_mapping, owner_column, start_at_column,
+                                       start_offset_s, installed_sql)
   values (p_trigger_id, p_workflow_id, v_table::text, p_events, p_condition, p_input_mapping,
-          p_owner_column, v_sql)
+          p_owner_column, p_start_at_column, coalesce(p_start_offset_s, 0), v_sql)
   returning * into v_row;
   return to_jsonb(v_row) - 'id' || jsonb_build_object('trigger_id', v_row.id);
 end

@@ -91,7 +91,8 @@ def test_each_method_calls_its_operation() -> None:
     client = mocked(answer)
     placeholders = {"job_id": str(uuid.uuid4()), "workflow_id": "wf", "transformer_id": "t",
                     "definition": {"steps": []}, "type": "transform", "config": {},
-                    "trigger_id": "tr", "table": "public.t", "events": ["INSERT"]}
+                    "trigger_id": "tr", "table": "public.t", "events": ["INSERT"],
+                    "schedule_id": "sc", "cron": "* * * * *"}
     documented = operations()
     for operation_id, name in OPERATIONS.items():
         method = getattr(client, name)

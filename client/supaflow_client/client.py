@@ -69,6 +69,9 @@ OPERATIONS: dict[str, str] = {
     "listTriggers": "list_triggers",
     "putTrigger": "put_trigger",
     "deleteTrigger": "delete_trigger",
+    "listSchedules": "list_schedules",
+    "putSchedule": "put_schedule",
+    "deleteSchedule": "delete_schedule",
 }
 
 
@@ -442,6 +445,24 @@ class _Api[H: (httpx.Client, httpx.AsyncClient), R, I](ABC):
     def delete_trigger(self, trigger_id: str) -> R:
         """DELETE /triggers/{trigger_id} (the service role): its trigger is dropped."""
         return self._execute(_Call("DELETE", f"/triggers/{_segment(trigger_id)}"))
+
+    def list_schedules(self) -> R:
+        """GET /schedules (the service role): `{"schedules": [...]}`."""
+        return self._execute(_Call("GET", "/schedules"))
+
+    def put_schedule(self, schedule_id: str, workflow_id: str, cron: str, *,
+                     input_data: Mapping[str, Any] | None = None, owner: str | None = None,
+                     enabled: bool = True, overlap: Literal["skip", "allow"] = "skip") -> R:
+        """PUT /schedules/{schedule_id} (the service role): start `workflow_id` on `cron`
+        (UTC), for `owner` or nobody; its pg_cron job exists while it is enabled."""
+        body = _fields(workflow_id=workflow_id, cron=cron,
+                       input=None if input_data is None else dict(input_data), owner=owner,
+                       enabled=enabled, overlap=overlap)
+        return self._execute(_Call("PUT", f"/schedules/{_segment(schedule_id)}", body=body))
+
+    def delete_schedule(self, schedule_id: str) -> R:
+        """DELETE /schedules/{schedule_id} (the service role): its pg_cron job goes too."""
+        return self._execute(_Call("DELETE", f"/schedules/{_segment(schedule_id)}"))
 
     def health(self) -> R:
         """GET /health (no token): `{"status": "ok" | "unhealthy", "checks": {...}}`, for a

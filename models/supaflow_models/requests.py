@@ -47,3 +47,19 @@ class TriggerRequest(BaseModel):
     # Seed 001's phase: start at this column's time plus start_offset_s (negative: before).
     start_at_column: str | None = None
     start_offset_s: float = 0
+
+
+class ScheduleRequest(BaseModel):
+    """PUT /schedules/{scheduleId}: start `workflow_id` with `input` on a cron expression
+    (pg_cron's five fields, in `timezone`), for `owner` (a user id) or nobody; `overlap`:
+    what a run does while the previous one is still going (`skip` or `allow`)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    workflow_id: str
+    cron: str
+    timezone: str = "UTC"
+    input: dict[str, Any] = Field(default_factory=dict)
+    owner: str | None = None
+    enabled: bool = True
+    overlap: str = "skip"

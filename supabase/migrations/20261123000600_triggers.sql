@@ -45,7 +45,7 @@ as $$
 begin
   if not workflow.claims_service(p_claims) then
     raise sqlstate 'PT403' using detail = 'forbidden',
-      message = 'triggers install SQL into your tables: the service-role key only';
+      message = 'this installs SQL or cron jobs in your database: the service-role key only';
   end if;
 end
 $$;

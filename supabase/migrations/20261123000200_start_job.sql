@@ -97,7 +97,8 @@ $$;
 create or replace function workflow.start_job(
   p_user_id uuid, p_workflow_id text, p_workflow_version integer, p_input jsonb,
   p_idempotency_key text default null, p_claims jsonb default '{}'::jsonb,
-  p_origin jsonb default '{"type": "api"}'::jsonb, p_start_at timestamptz default null
+  p_origin jsonb default '{"type": "api"}'::jsonb, p_start_at timestamptz default null,
+  p_check_kick boolean default true
 ) returns jsonb
 language plpgsql
 set search_path = ''
@@ -125,7 +126,12 @@ begin
     raise sqlstate 'PT400' using message = 'input_data: ' || v_problem, detail = 'invalid_input';
   end if;
   -- Serialise one user's starts: the rate limit and idempotency hold under concurrency.
-  perform pg_advisory_xact_lock(hashtextextended(coalesce(p_user_id::text, 'nobody'), 42));
+  -- (Nobody's starts: only those with a key need it, and only against each other.)
+  if p_user_id is not null then
+    perform pg_advisory_xact_lock(hashtextextended(p_user_id::text, 42));
+  elsif p_idempotency_key is not null then
+    perform pg_advisory_xact_lock(hashtextextended(p_workflow_id || ' ' || p_idempotency_key, 42));
+  end if;
 
   if p_idempotency_key is not null then
     select * into v_job from workflow.jobs
@@ -197,7 +203,7 @@ begin
                                                else '{}'::jsonb end);
   return jsonb_build_object('job_id', v_job.id, 'status', v_job.status,
                             'created_at', v_job.created_at, 'existing', false,
-                            'kick', workflow.kick_needed());
+                            'kick', case when p_check_kick then workflow.kick_needed() end);
 end
 $$;
 
@@ -257,11 +263,17 @@ as $$
 declare
   v_result jsonb;
 begin
+  -- No kick_needed here: its shared lock would be held to the caller's commit (a user's
+  -- row change, for a trigger), and end_pass would wait on it. One kick per transaction
+  -- instead, sent after commit; a kicked pass that finds another alive ends at once.
   v_result := workflow.start_job(
     p_user_id, p_workflow_id,
     (select w.version from workflow.workflows w where w.id = p_workflow_id and w.is_active),
-    p_input, p_idempotency_key, '{"role": "service_role"}'::jsonb, p_origin, p_start_at);
-  if coalesce((v_result ->> 'kick')::boolean, false) then
+    p_input, p_idempotency_key, '{"role": "service_role"}'::jsonb, p_origin, p_start_at,
+    p_check_kick => false);
+  if not coalesce((v_result ->> 'existing')::boolean, false)
+     and coalesce(current_setting('supaflow.kicked', true), '') <> txid_current()::text then
+    perform set_config('supaflow.kicked', txid_current()::text, true);
     -- The reason the API's kicks give (shared.dispatch.KICK_REASON): a kicked pass.
     perform workflow.call_orchestrator('job started');
   end if;

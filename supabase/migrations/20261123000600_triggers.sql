@@ -158,11 +158,23 @@ begin
     raise sqlstate 'PT400' using detail = 'bad_request',
       message = 'start_offset_s: at most 2592000 seconds (30 days) either way';
   end if;
+  -- The condition goes into the statement as written (Postgres compiles it there): one
+  -- expression, never a second statement or a way out of the WHEN clause.
+  if p_condition ~ ';' or p_condition ~ '\)\s*execute' then
+    raise sqlstate 'PT400' using detail = 'bad_request',
+      message = 'condition: one SQL expression on OLD/NEW (no ";", no "execute")';
+  end if;
   v_sql := format('create trigger %I after %s on %s for each row%s execute function'
                   ' workflow.start_from_row(%L)',
                   'supaflow_' || p_trigger_id, array_to_string(p_events, ' or '), v_table,
                   case when p_condition is not null then format(' when (%s)', p_condition)
                        else '' end, p_trigger_id);
+  -- Re-attaching (to this table or another): the trigger installed before goes first.
+  for v_read in select table_name from workflow.event_triggers e where e.id = p_trigger_id loop
+    if to_regclass(v_read) is not null then
+      execute format('drop trigger if exists %I on %s', 'supaflow_' || p_trigger_id, v_read);
+    end if;
+  end loop;
   execute format('drop trigger if exists %I on %s', 'supaflow_' || p_trigger_id, v_table);
   delete from workflow.event_triggers e where e.id = p_trigger_id;
   begin
@@ -171,6 +183,12 @@ begin
     raise sqlstate 'PT400' using detail = 'bad_request',
       message = 'condition: ' || sqlerrm;
   end;
+  if not exists (select 1 from pg_catalog.pg_trigger t
+                 where t.tgrelid = v_table and t.tgname = 'supaflow_' || p_trigger_id
+                   and t.tgfoid = 'workflow.start_from_row()'::regprocedure and t.tgnargs = 1) then
+    raise sqlstate 'PT400' using detail = 'bad_request',
+      message = 'condition: it did not install the trigger it describes';
+  end if;
   insert into workflow.event_triggers (id, workflow_id, table_name, events, condition,
                                        input_mapping, owner_column, start_at_column,
                                        start_offset_s, installed_sql)

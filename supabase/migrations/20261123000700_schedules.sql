@@ -9,7 +9,8 @@ create table workflow.schedules (
   cron text not null check (char_length(cron) <= 100),
   timezone text not null default 'UTC',
   input jsonb not null default '{}'::jsonb check (jsonb_typeof(input) = 'object'),
-  owner uuid references auth.users (id) on delete set null,
+  -- A deleted owner's schedules go with them (never silently run for nobody).
+  owner uuid references auth.users (id) on delete cascade,
   enabled boolean not null default true,
   -- When the previous run is still going: skip this one, or start another anyway.
   overlap text not null default 'skip' check (overlap in ('skip', 'allow')),

@@ -30,6 +30,18 @@ as $$
   select 'supaflow-schedule:' || p_schedule_id
 $$;
 
+-- Removes the pg_cron job of this name, if there is one (cron.unschedule raises otherwise).
+create or replace function workflow.unschedule(p_job_name text) returns void
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if exists (select 1 from cron.job where jobname = p_job_name) then
+    perform cron.unschedule(p_job_name);
+  end if;
+end
+$$;
+
 -- One run (pg_cron calls it): a job of the schedule's workflow, unless the schedule is
 -- disabled or (overlap skip) its previous job is still going. The key names the minute,
 -- so a run repeated within it starts nothing more. A failure is kept on the schedule.
@@ -106,9 +118,7 @@ begin
     raise sqlstate 'PT400' using detail = 'bad_request', message = 'input: a JSON object within'
       || ' the bounds (64 levels, 1 MiB)';
   end if;
-  if exists (select 1 from cron.job where jobname = v_name) then
-    perform cron.unschedule(v_name);
-  end if;
+  perform workflow.unschedule(v_name);
   if coalesce(p_enabled, true) then
     begin
       perform cron.schedule(v_name, p_cron,
@@ -147,9 +157,7 @@ begin
   if not exists (select 1 from workflow.schedules where id = p_schedule_id) then
     raise sqlstate 'PT404' using message = format('schedule %s not found', to_jsonb(p_schedule_id));
   end if;
-  if exists (select 1 from cron.job where jobname = v_name) then
-    perform cron.unschedule(v_name);
-  end if;
+  perform workflow.unschedule(v_name);
   delete from workflow.schedules where id = p_schedule_id;
   return jsonb_build_object('schedule_id', p_schedule_id, 'deleted', true);
 end

@@ -78,22 +78,27 @@ class Request:
         return data
 
     def json_object(self, max_bytes: int | None = None) -> dict[str, Any]:
-        data = self.body(max_bytes)
-        if not data.strip():
-            raise ApiError(400, "invalid_json", "request body must be a JSON object")
-        try:
-            parsed = json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
-        except RecursionError as exc:
-            raise _too_deep() from exc
-        except (ValueError, UnicodeError) as exc:
-            raise ApiError(400, "invalid_json", f"malformed JSON: {exc}") from exc
-        try:
-            _check_storable(parsed)
-        except ValueError as exc:
-            raise ApiError(400, "invalid_json", f"malformed JSON: {exc}") from exc
+        parsed = parse_json(self.body(max_bytes))
         if not isinstance(parsed, dict):
             raise ApiError(400, "invalid_json", "request body must be a JSON object")
         return parsed
+
+
+def parse_json(data: bytes) -> Any:
+    """A request body as JSON that Postgres can store, or a 400 saying why not."""
+    if not data.strip():
+        raise ApiError(400, "invalid_json", "request body must be JSON, and it is empty")
+    try:
+        parsed = json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError as exc:
+        raise _too_deep() from exc
+    except (ValueError, UnicodeError) as exc:
+        raise ApiError(400, "invalid_json", f"malformed JSON: {exc}") from exc
+    try:
+        _check_storable(parsed)
+    except ValueError as exc:
+        raise ApiError(400, "invalid_json", f"malformed JSON: {exc}") from exc
+    return parsed
 
 
 def first_problem(exc: ValidationError) -> str:

@@ -92,7 +92,8 @@ def test_each_method_calls_its_operation() -> None:
     placeholders = {"job_id": str(uuid.uuid4()), "workflow_id": "wf", "transformer_id": "t",
                     "definition": {"steps": []}, "type": "transform", "config": {},
                     "trigger_id": "tr", "table": "public.t", "events": ["INSERT"],
-                    "schedule_id": "sc", "cron": "* * * * *"}
+                    "schedule_id": "sc", "cron": "* * * * *", "webhook_id": "wh",
+                    "content": b"{}", "headers": {"webhook-id": "msg_1"}}
     documented = operations()
     for operation_id, name in OPERATIONS.items():
         method = getattr(client, name)

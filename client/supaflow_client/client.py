@@ -72,6 +72,10 @@ OPERATIONS: dict[str, str] = {
     "listSchedules": "list_schedules",
     "putSchedule": "put_schedule",
     "deleteSchedule": "delete_schedule",
+    "listWebhooks": "list_webhooks",
+    "putWebhook": "put_webhook",
+    "deleteWebhook": "delete_webhook",
+    "receiveWebhook": "deliver_webhook",
 }
 
 
@@ -150,6 +154,8 @@ class _Call:
     retry: bool = True  # safe to send again (idempotent)
     auth: bool = True  # sends the token
     answers: frozenset[int] = frozenset()  # statuses besides 2xx whose JSON body is the answer
+    content: bytes | None = None  # a raw body, sent as it is (instead of `body`)
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -269,10 +275,11 @@ class _Api[H: (httpx.Client, httpx.AsyncClient), R, I](ABC):
 
     def _request(self, call: _Call) -> dict[str, Any]:
         """httpx's request() arguments for a call."""
-        headers = {"User-Agent": USER_AGENT}
+        headers = {"User-Agent": USER_AGENT, **call.headers}
         if call.auth and self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        return {"method": call.method, "url": call.path, "params": call.params, "json": call.body,
+        body = {"json": call.body} if call.content is None else {"content": call.content}
+        return {"method": call.method, "url": call.path, "params": call.params, **body,
                 "headers": headers}
 
     def _delay(self, attempt: int, response: httpx.Response | None) -> float:
@@ -463,6 +470,37 @@ class _Api[H: (httpx.Client, httpx.AsyncClient), R, I](ABC):
     def delete_schedule(self, schedule_id: str) -> R:
         """DELETE /schedules/{schedule_id} (the service role): its pg_cron job goes too."""
         return self._execute(_Call("DELETE", f"/schedules/{_segment(schedule_id)}"))
+
+    def list_webhooks(self) -> R:
+        """GET /webhooks (admins): `{"webhooks": [...]}`, never with their secrets."""
+        return self._execute(_Call("GET", "/webhooks"))
+
+    def put_webhook(self, webhook_id: str, workflow_id: str, *,
+                    signature: Literal["standard", "github", "stripe"] = "standard",
+                    secret: str | None = None, rotate_secret: bool = False,
+                    tolerance_s: int | None = None, headers: Sequence[str] = (),
+                    input_mapping: Mapping[str, Any] | None = None, owner: str | None = None,
+                    status: Literal["active", "paused"] = "active") -> R:
+        """PUT /webhooks/{webhook_id} (admins): signed deliveries to POST
+        /webhooks/{webhook_id} start `workflow_id`. The answer's `secret` is set when
+        this call set it (a new webhook, `rotate_secret`): keep it, it is not shown again."""
+        body = _fields(workflow_id=workflow_id, signature=signature, secret=secret,
+                       rotate_secret=rotate_secret, tolerance_s=tolerance_s,
+                       headers=list(headers),
+                       input_mapping=None if input_mapping is None else dict(input_mapping),
+                       owner=owner, status=status)
+        return self._execute(_Call("PUT", f"/webhooks/{_segment(webhook_id)}", body=body))
+
+    def delete_webhook(self, webhook_id: str) -> R:
+        """DELETE /webhooks/{webhook_id} (admins)."""
+        return self._execute(_Call("DELETE", f"/webhooks/{_segment(webhook_id)}"))
+
+    def deliver_webhook(self, webhook_id: str, content: bytes, headers: Mapping[str, str]) -> R:
+        """POST /webhooks/{webhook_id} as the sending system would, the body and its
+        signature headers as given (no token; not retried: a delivery id counts once)."""
+        return self._execute(_Call("POST", f"/webhooks/{_segment(webhook_id)}", auth=False,
+                                   retry=False, content=content,
+                                   headers={"Content-Type": "application/json", **headers}))
 
     def health(self) -> R:
         """GET /health (no token): `{"status": "ok" | "unhealthy", "checks": {...}}`, for a

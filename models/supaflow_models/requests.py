@@ -4,9 +4,9 @@ alone checks; what a definition or a config may be, their own models check."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 
 class DraftRequest(BaseModel):
@@ -63,3 +63,27 @@ class ScheduleRequest(BaseModel):
     owner: str | None = None
     enabled: bool = True
     overlap: str = "skip"
+
+
+class WebhookRequest(BaseModel):
+    """PUT /webhooks/{webhookId}: start `workflow_id` on each signed delivery to
+    POST /webhooks/{webhookId}. `signature`: how the sender signs (`standard`: Standard
+    Webhooks' webhook-id/-timestamp/-signature, as Supabase and Svix send; `github`;
+    `stripe`). `secret`: bring your own (Stripe's endpoint secret); otherwise one is
+    generated, and `rotate_secret` generates a new one. The input is
+    {"body", "headers" (those listed), "delivery_id", "webhook_id"}, or `input_mapping`
+    applied to it (`$.input.body.action`)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    workflow_id: str
+    signature: Literal["standard", "github", "stripe"] = "standard"
+    secret: str | None = Field(default=None, min_length=16, max_length=200)
+    rotate_secret: bool = False
+    tolerance_s: int = Field(default=300, ge=1, le=3600)
+    headers: list[Annotated[str, StringConstraints(
+        pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}$")]] = Field(default_factory=list,
+                                                                max_length=20)
+    input_mapping: dict[str, Any] | None = None
+    owner: str | None = None
+    status: Literal["active", "paused"] = "active"

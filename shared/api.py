@@ -60,7 +60,11 @@ class Request:
         return dict(self.event.query_string_parameters or {})
 
     def path_param(self, name: str) -> str:
-        return str((self.event.path_parameters or {}).get(name, ""))
+        """A path parameter; one Postgres text cannot hold (NUL) names nothing: a 400."""
+        value = str((self.event.path_parameters or {}).get(name, ""))
+        if "\x00" in value:
+            raise ApiError(400, "bad_request", f"{name}: may not contain NUL (\\u0000)")
+        return value
 
     def body(self, limit: int | None = None) -> bytes:
         """The request body, size-capped (by default at the user routes' cap) before

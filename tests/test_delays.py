@@ -136,6 +136,25 @@ def test_a_trigger_starts_relative_to_a_timestamp_of_the_row(
     assert step_times(stack, job_id)["remind"][0] >= at - timedelta(hours=1)
 
 
+def test_a_trigger_phase_may_be_months_ahead(stack: Stack, api: Api, appointments: str) -> None:
+    """A user's start waits at most 30 days; a row's own timestamp (a booking in two
+    months) is trusted SQL's, and its job waits as long as it takes."""
+    wid = create_workflow(stack, {"steps": [{"id": "remind", "transformer": "transform",
+                                             "inputs": {"who": "$.input.patient"}}]})
+    trigger_id = f"tr-{uuid.uuid4().hex[:8]}"
+    assert api.request("PUT", f"/triggers/{trigger_id}", stack.sec.service_role_key, json={
+        "workflow_id": wid, "table": appointments, "events": ["INSERT"],
+        "input_mapping": {"patient": "new.patient"}, "start_at_column": "appointment_at",
+        "start_offset_s": -86400}).status_code == 200
+    at = datetime.now(UTC) + timedelta(days=60)
+    stack.sql(f"insert into {appointments} (patient, appointment_at) values ('Grace', %s)", (at,))
+    (due,) = stack.sql("select s.next_attempt_at from workflow.job_steps s join workflow.jobs j"
+                       " on j.id = s.job_id where j.workflow_id = %s", (wid,))[0]
+    assert abs((due - (at - timedelta(days=1))).total_seconds()) < 0.01
+    assert stack.sql("select count(*) from workflow.trigger_failures where trigger_id = %s",
+                     (trigger_id,)) == [(0,)]
+
+
 def test_the_shipped_onboarding_example_follows_up_after_its_delay(stack: Stack, api: Api) -> None:
     """examples/onboarding (welcome now, follow up in an hour), deployed with a 2 s delay."""
     (item,) = load_all([REPO / "examples" / "onboarding"])

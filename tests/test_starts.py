@@ -228,6 +228,8 @@ def test_a_failing_start_never_blocks_the_row_change(stack: Stack, api: Api, sig
     ({"condition": "old.plan = 'x'"}, "condition"),  # an INSERT has no OLD
     ({"events": ["TRUNCATE"]}, "events"),
     ({"workflow_id": "no-such-workflow"}, "workflow_id"),
+    # Without a mapping the whole row is the input: never a row of auth.users.
+    ({"table": "auth.users"}, "input_mapping: required on auth.users"),
     ({"condition": "true; drop table workflow.jobs"}, "condition"),
     ({"condition": "true) execute function pg_catalog.suppress_redundant_updates_trigger("},
      "condition"),

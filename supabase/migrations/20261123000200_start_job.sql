@@ -91,7 +91,7 @@ $$;
 -- a global workflow or one of that tenant starts. The service role's claims start any
 -- workflow, for its tenant, and may start it for no user (p_user_id null). p_origin
 -- ({"type": "api" | "sql" | "trigger" | "schedule" | "webhook", ...}) is what started it.
--- p_start_at: when its first steps may run (null or past: now; at most 30 days ahead);
+-- p_start_at: when its first steps may run (null or past: now; a user's, at most 30 days ahead);
 -- each root step's own delay_s counts from then. Waiting costs nothing: the steps are
 -- ready with a later next_attempt_at, found by the claims when due.
 create or replace function workflow.start_job(
@@ -163,7 +163,9 @@ begin
                        p_workflow_version);
   end if;
 
-  if p_start_at > now() + interval '30 days' then
+  -- Users start at most 30 days ahead; trusted SQL (a trigger's phase: a booking months
+  -- out) may start later.
+  if p_start_at > now() + interval '30 days' and not workflow.claims_service(p_claims) then
     raise sqlstate 'PT400' using detail = 'bad_request',
       message = 'start_at: at most 30 days ahead';
   end if;

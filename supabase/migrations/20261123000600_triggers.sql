@@ -135,6 +135,14 @@ begin
     raise sqlstate 'PT400' using detail = 'bad_request', message = format(
       'workflow_id: workflow %s not found', to_jsonb(p_workflow_id));
   end if;
+  -- Supabase's own schemas hold secrets (auth.users: password hashes, tokens): the job's
+  -- owner could read a whole row copied into its input. Name the columns to copy.
+  if p_input_mapping is null and split_part(p_table, '.', 1) in ('auth', 'storage', 'vault')
+  then
+    raise sqlstate 'PT400' using detail = 'bad_request', message = format(
+      'input_mapping: required on %s (a whole row of it holds secrets): name the columns',
+      p_table);
+  end if;
   if p_events is null or cardinality(p_events) = 0
      or not p_events <@ array['INSERT', 'UPDATE', 'DELETE'] then
     raise sqlstate 'PT400' using detail = 'bad_request',

@@ -15,6 +15,7 @@ import base64
 import binascii
 import json
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,7 @@ import httpx
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 from pydantic import ValidationError
 
+from shared import metrics
 from shared.errors import ApiError, unavailable
 from shared.log import logger
 from shared.settings import settings
@@ -35,9 +37,12 @@ MAX_BODY_DEPTH = 128
 
 @dataclass
 class Reply:
+    """A JSON answer; or, with `content_type`, a text one (`body` a str or bytes)."""
+
     status: int
     body: Any
     headers: dict[str, str] = field(default_factory=dict)
+    content_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -149,10 +154,15 @@ Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 
 
 def _response(reply: Reply) -> dict[str, Any]:
+    if reply.content_type is None:
+        body, content_type = json.dumps(reply.body, default=str), "application/json"
+    else:
+        body = reply.body.decode() if isinstance(reply.body, bytes) else str(reply.body)
+        content_type = reply.content_type
     return {
         "statusCode": reply.status,
-        "headers": {"Content-Type": "application/json", **reply.headers},
-        "body": json.dumps(reply.body, default=str),
+        "headers": {"Content-Type": content_type, **reply.headers},
+        "body": body,
         "isBase64Encoded": False,
     }
 
@@ -183,20 +193,27 @@ def handler_for(endpoint: Endpoint) -> Handler:
             request_id=request.event.request_context.request_id,
             function_name=getattr(context, "function_name", None),
         )
-        try:
-            return _response(endpoint(request))
-        except ApiError as err:
-            logger.info("request refused", extra={"status": err.status, "code": err.code})
-            return _response(error_reply(err))
-        except httpx.TransportError as exc:
-            # The functions' only outbound calls here are to PostgREST (executors
-            # handle their own): it is restarting or unreachable.
-            logger.warning("backend unreachable", extra={"error": repr(exc)})
-            return _response(error_reply(unavailable("the database API")))
-        except Exception:  # noqa: BLE001 - the last resort: logged, a 500 without a trace
-            logger.exception("unhandled error")
-            return _response(error_reply(ApiError(500, "internal", "internal error")))
-        finally:
-            logger.thread_safe_clear_keys()
+        started = time.perf_counter()
+        response = _answer(endpoint, request)
+        metrics.TIMINGS.record("api", f"{request.event.route_key} {response['statusCode']}",
+                               time.perf_counter() - started)
+        logger.thread_safe_clear_keys()
+        return response
 
     return handler
+
+
+def _answer(endpoint: Endpoint, request: Request) -> dict[str, Any]:
+    try:
+        return _response(endpoint(request))
+    except ApiError as err:
+        logger.info("request refused", extra={"status": err.status, "code": err.code})
+        return _response(error_reply(err))
+    except httpx.TransportError as exc:
+        # The functions' only outbound calls here are to PostgREST (executors
+        # handle their own): it is restarting or unreachable.
+        logger.warning("backend unreachable", extra={"error": repr(exc)})
+        return _response(error_reply(unavailable("the database API")))
+    except Exception:  # noqa: BLE001 - the last resort: logged, a 500 without a trace
+        logger.exception("unhandled error")
+        return _response(error_reply(ApiError(500, "internal", "internal error")))

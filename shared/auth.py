@@ -155,3 +155,12 @@ def verify_internal(headers: dict[str, str] | None) -> None:
     token = bearer_token(headers)
     if not expected or not hmac.compare_digest(token.encode(), expected.encode()):
         raise unauthorized("invalid internal credential")
+
+
+def holds_internal(headers: dict[str, str] | None) -> bool:
+    """Whether the request carries the internal credential (GET /metrics takes it too)."""
+    try:
+        verify_internal(headers)
+    except ApiError:
+        return False
+    return True

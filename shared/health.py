@@ -15,7 +15,7 @@ from shared.log import logger
 # (tests/test_management.py keeps the two equal; Lambda packages hold no SQL files).
 MIGRATIONS = ("20261123000100", "20261123000200", "20261123000300", "20261123000400",
               "20261123000500", "20261123000600", "20261123000700", "20261123000800",
-              "20261123000900")
+              "20261123000850", "20261123000900")
 # A health check answers within seconds, whatever hangs behind it.
 TIMEOUT_S = 3.0
 # pg_cron calls the orchestrator every minute; a pass older than this means it does not.

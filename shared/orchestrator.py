@@ -96,7 +96,7 @@ class Pass:
             if len(p.body) > room:
                 failures.append(p.step.failed(
                     f"the step's request is {len(p.body)} bytes, over the executor's limit of"
-                    f" {room} (its inputs are too large)", retryable=False))
+                    f" {room} (its inputs are too large)", retryable=False, error_type="input"))
             else:
                 groups.setdefault(str(p.step.target_function), []).append((p.step, p.body))
         batches: list[Batch] = []
@@ -126,7 +126,8 @@ class Pass:
                 logger.warning("no outcome from executor; the leases will decide", extra={
                     "steps": [step.log_keys() for step in steps], "error": str(exc)})
             else:
-                await self.fail([step.failed(str(exc), retryable=exc.retryable) for step in steps])
+                await self.fail([step.failed(str(exc), retryable=exc.retryable, error_type="dispatch")
+                                 for step in steps])
             return
         for result in response.results:
             self._count(result.outcome)

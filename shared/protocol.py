@@ -24,6 +24,18 @@ MAX_BATCH = 32
 # lease decides).
 Outcome = Literal["completed", "retry_scheduled", "failed", "stale", "unrecorded"]
 
+# Why an attempt failed, counted by the metrics and alerts: what the executor met
+# (timeout, network, http_4xx/http_5xx from a remote, input, config, provider: the
+# model refused or answered badly), what the orchestrator met (mapping: the inputs
+# cannot be built; dispatch: no executor took the step), what SQL found (output over
+# the bounds, lease_expired), or `executor`: anything else.
+ErrorType = Literal["timeout", "network", "http_4xx", "http_5xx", "input", "config", "provider",
+                    "mapping", "dispatch", "output", "lease_expired", "executor"]
+
+
+def http_error_type(status: int) -> ErrorType:
+    return "http_5xx" if status >= 500 else "http_4xx"
+
 
 class TransformerRef(BaseModel):
     id: str
@@ -80,6 +92,7 @@ class StepOutcome(BaseModel):
     output: Any = None
     error: str | None = None
     retryable: bool = True
+    error_type: ErrorType = "executor"
     # The job's final result ({"final_result": ...}, or {"error": ...} when it cannot
     # be built), when this step was sent with `finish`.
     final: dict[str, Any] | None = None
@@ -91,7 +104,7 @@ class StepOutcome(BaseModel):
                          "lease_token": self.lease_token, "output": self.output}
             return completed if self.final is None else {**completed, "final": self.final}
         return {"job_id": self.job_id, "step_id": self.step_id, "lease_token": self.lease_token,
-                "error": self.error, "retryable": self.retryable}
+                "error": self.error, "retryable": self.retryable, "error_type": self.error_type}
 
 
 class Recorded(BaseModel):

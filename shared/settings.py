@@ -55,6 +55,9 @@ class Settings:
     aws_region: str = "us-east-1"
     gemini_base_url: str = ""
     allowed_hosts: str = ""
+    # How often a process sends the timings it measured (API requests, passes) to the
+    # database; what it holds when it dies unflushed is lost (at most this long's).
+    metrics_flush_s: float = 10.0
 
     @property
     def rest_url(self) -> str:
@@ -89,6 +92,7 @@ def settings() -> Settings:
         aws_region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
         gemini_base_url=env.get("GEMINI_BASE_URL", ""),
         allowed_hosts=env.get(ALLOWED_HOSTS_ENV, ""),
+        metrics_flush_s=_float("SUPAFLOW_METRICS_FLUSH_S", 10.0),
     )
 
 

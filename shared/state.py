@@ -16,7 +16,7 @@ from typing import Any
 from postgrest import AsyncPostgrestClient, SyncPostgrestClient
 
 from shared import db
-from shared.protocol import Finish, Recorded, StepOutcome, StepRequest, TransformerRef
+from shared.protocol import ErrorType, Finish, Recorded, StepOutcome, StepRequest, TransformerRef
 from supaflow_models import mapping
 
 # A job's data is sent along with its last step (to build the final result there) only
@@ -82,9 +82,9 @@ class ClaimedStep:
                            transformer_config=data.get("transformer_config") or {},
                            output_mapping=data.get("output_mapping"))
 
-    def failed(self, error: str, *, retryable: bool) -> StepOutcome:
+    def failed(self, error: str, *, retryable: bool, error_type: ErrorType) -> StepOutcome:
         return StepOutcome(job_id=self.job_id, step_id=self.step_id, lease_token=self.lease_token,
-                           error=error, retryable=retryable)
+                           error=error, retryable=retryable, error_type=error_type)
 
     def log_keys(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "step_id": self.step_id, "attempt": self.attempt}
@@ -95,7 +95,8 @@ def prepare(step: ClaimedStep) -> tuple[StepRequest, bytes] | StepOutcome:
     cannot be built, that step's permanent failure: whatever is wrong with a row is its
     own, never its batch's."""
     if not step.transformer_type or not step.target_function:
-        return step.failed(f"unknown transformer {step.transformer_id!r}", retryable=False)
+        return step.failed(f"unknown transformer {step.transformer_id!r}", retryable=False,
+                           error_type="config")
     try:
         payload = step.read()
         inputs = mapping.resolve(payload.inputs, mapping_context(payload.input_data, payload.step_data))
@@ -110,11 +111,13 @@ def prepare(step: ClaimedStep) -> tuple[StepRequest, bytes] | StepOutcome:
                                        config=payload.transformer_config), finish=finish)
         return request, request.model_dump_json().encode()
     except mapping.MappingError as exc:
-        return step.failed(f"inputs: {exc}", retryable=False)
+        return step.failed(f"inputs: {exc}", retryable=False, error_type="mapping")
     except RecursionError:
-        return step.failed("inputs: nested too deeply to send", retryable=False)
+        return step.failed("inputs: nested too deeply to send", retryable=False,
+                           error_type="mapping")
     except Exception as exc:  # noqa: BLE001 - whatever is wrong with this row is its own
-        return step.failed(f"cannot prepare the step: {type(exc).__name__}: {exc}", retryable=False)
+        return step.failed(f"cannot prepare the step: {type(exc).__name__}: {exc}", retryable=False,
+                           error_type="mapping")
 
 
 @dataclass(frozen=True)

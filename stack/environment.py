@@ -30,6 +30,8 @@ def function_environment(cfg: StackConfig, sec: StackSecrets) -> dict[str, str]:
         "SUPABASE_JWT_SECRET": sec.jwt_secret,
         "SUPAFLOW_INTERNAL_TOKEN": sec.internal_token,
         "SUPAFLOW_FUNCTIONS_URL": cfg.api_url,
+        # Local only: timings reach GET /metrics within a second (deployed: 10 s).
+        "SUPAFLOW_METRICS_FLUSH_S": "1",
         # The functions skip the gateway's /rest/v1 proxy, as a function next to the
         # database would; clients still use SUPABASE_URL.
         "SUPAFLOW_REST_URL": cfg.rest_url,

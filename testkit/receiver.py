@@ -102,6 +102,8 @@ class Receiver:
                                        timeout=120)
             if path == "/fail":
                 return 500, {"error": "failing on purpose", "serial": delivery.serial}
+            if path.startswith("/status/"):  # answers with that status
+                return int(path.rsplit("/", 1)[1]), {"serial": delivery.serial}
             return 200, {"serial": delivery.serial, "attempt": delivery.attempt}
         finally:
             with self.cond:

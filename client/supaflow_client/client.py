@@ -76,6 +76,7 @@ OPERATIONS: dict[str, str] = {
     "putWebhook": "put_webhook",
     "deleteWebhook": "delete_webhook",
     "receiveWebhook": "deliver_webhook",
+    "getMetrics": "metrics",
 }
 
 
@@ -155,6 +156,7 @@ class _Call:
     auth: bool = True  # sends the token
     answers: frozenset[int] = frozenset()  # statuses besides 2xx whose JSON body is the answer
     content: bytes | None = None  # a raw body, sent as it is (instead of `body`)
+    text: bool = False  # the answer is text, returned as {"text": ...}
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -296,6 +298,8 @@ class _Api[H: (httpx.Client, httpx.AsyncClient), R, I](ABC):
                 return _Again(self._delay(attempt, None))
             raise SupaflowUnavailable(
                 f"{call.method} {call.path}: no answer ({type(answer).__name__}: {answer})") from answer
+        if call.text and answer.is_success:
+            return {"text": answer.text}
         if answer.is_success or answer.status_code in call.answers:
             body = _json_object(answer)
             if body is not None:
@@ -501,6 +505,11 @@ class _Api[H: (httpx.Client, httpx.AsyncClient), R, I](ABC):
         return self._execute(_Call("POST", f"/webhooks/{_segment(webhook_id)}", auth=False,
                                    retry=False, content=content,
                                    headers={"Content-Type": "application/json", **headers}))
+
+    def metrics(self) -> R:
+        """GET /metrics (the service-role key or the internal credential):
+        `{"text": <Prometheus' text format>}`."""
+        return self._execute(_Call("GET", "/metrics", text=True))
 
     def health(self) -> R:
         """GET /health (no token): `{"status": "ok" | "unhealthy", "checks": {...}}`, for a

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from shared import api, auth, orchestrator
+from shared import api, auth, metrics, orchestrator
 from shared.dispatch import KICK_REASON, functions_url
 from shared.errors import ApiError
 from shared.log import logger
@@ -31,6 +31,9 @@ def _run_pass(event: dict[str, Any], context: Any, reason: str = "schedule") -> 
     summary = asyncio.run(orchestrator.run_pass(
         functions_url(event), _budget_s(context), kicked=reason == KICK_REASON))
     logger.info("orchestrator pass", extra=summary.as_dict())
+    label = ("skipped" if summary.skipped else "kicked" if reason == KICK_REASON
+             else "scheduled" if reason in ("cron", "schedule") else "manual")
+    metrics.TIMINGS.record("pass", label, summary.duration_ms / 1000)
     return summary.as_dict()
 
 

@@ -16,5 +16,6 @@ def parse_config[M: BaseModel](model: type[M], config: Any) -> M:
     try:
         return model.model_validate(config)
     except ValidationError as exc:
-        raise StepError("; ".join(config_problems(model, exc)), retryable=False) from None
+        raise StepError("; ".join(config_problems(model, exc)), retryable=False,
+                        error_type="config") from None
 

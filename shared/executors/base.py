@@ -6,14 +6,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.protocol import ErrorType
+
 
 class StepError(Exception):
-    """A step failed. `retryable` decides between another attempt and failing the job."""
+    """A step failed. `retryable` decides between another attempt and failing the job;
+    `error_type` is what the metrics count it as."""
 
-    def __init__(self, message: str, *, retryable: bool) -> None:
+    def __init__(self, message: str, *, retryable: bool, error_type: ErrorType = "executor") -> None:
         super().__init__(message)
         self.message = message
         self.retryable = retryable
+        self.error_type = error_type
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from shared import storage
 from shared.executors import netguard, parse_config
 from shared.executors.base import StepContext, StepError
 from shared.log import logger
+from shared.protocol import http_error_type
 from shared.settings import named_secret, settings
 from supaflow_models.transformers import (
     DEFAULT_GEMINI_TIMEOUT_S,
@@ -109,7 +110,7 @@ def _prompt(cfg: GeminiPromptConfig, inputs: dict[str, Any]) -> str:
     prompt = inputs["prompt"] if "prompt" in inputs else cfg.prompt
     if not isinstance(prompt, str) or not prompt.strip():
         raise StepError("prompt is required: a non-empty string in inputs.prompt or "
-                        "config.prompt", retryable=False)
+                        "config.prompt", retryable=False, error_type="input")
     return prompt
 
 
@@ -117,7 +118,7 @@ def _timeout_s(cfg: GeminiPromptConfig, ctx: StepContext) -> float:
     """The configured timeout (default 120 s), never beyond what the attempt has left."""
     timeout = min(cfg.timeout_s or DEFAULT_GEMINI_TIMEOUT_S, ctx.remaining_s())
     if timeout < MIN_CALL_S:
-        raise StepError("no time left in this attempt to call Gemini", retryable=True)
+        raise StepError("no time left in this attempt to call Gemini", retryable=True, error_type="timeout")
     return timeout
 
 
@@ -127,7 +128,7 @@ def _api_key(cfg: GeminiPromptConfig) -> str:
     key = named_secret(env_var).strip()
     if not key:
         raise StepError(f"the Gemini API key is missing: environment variable {env_var} "
-                        "is not set (config.api_key_env_var names it)", retryable=False)
+                        "is not set (config.api_key_env_var names it)", retryable=False, error_type="config")
     return key
 
 
@@ -145,7 +146,7 @@ def _base_url(cfg: GeminiPromptConfig) -> str | None:
     if host != GEMINI_HOST and not netguard.is_allowlisted(
             host, parts.port or (443 if parts.scheme == "https" else 80), netguard.allowed_hosts()):
         raise StepError(f"config.base_url: host {host!r} is neither {GEMINI_HOST} nor listed in"
-                        " SUPAFLOW_ALLOWED_HOSTS", retryable=False)
+                        " SUPAFLOW_ALLOWED_HOSTS", retryable=False, error_type="config")
     return cfg.base_url
 
 
@@ -170,7 +171,7 @@ def _http_options(deadline: float) -> types.HttpOptions:
     """Per-request options: the time left (the SDK wants milliseconds) and no SDK retries."""
     left = deadline - time.monotonic()
     if left < MIN_REQUEST_S:
-        raise StepError("out of time before calling Gemini", retryable=True)
+        raise StepError("out of time before calling Gemini", retryable=True, error_type="timeout")
     return types.HttpOptions(
         timeout=int(left * 1000), retry_options=types.HttpRetryOptions(attempts=1)
     )
@@ -203,7 +204,7 @@ def _file_refs(inputs: dict[str, Any]) -> list[FileRef]:
     if files is not None:
         if not isinstance(files, list):
             raise StepError("inputs.files must be a list of {bucket, key} objects",
-                            retryable=False)
+                            retryable=False, error_type="input")
         raw.extend(files)
     if inputs.get("file") is not None:
         raw.append(inputs["file"])
@@ -211,10 +212,11 @@ def _file_refs(inputs: dict[str, Any]) -> list[FileRef]:
     for i, item in enumerate(raw):
         if not isinstance(item, dict):
             raise StepError(f"file input {i} must be an object with bucket and key",
-                            retryable=False)
+                            retryable=False, error_type="input")
         bucket, key, ctype = item.get("bucket"), item.get("key"), item.get("content_type")
         if not isinstance(bucket, str) or not bucket or not isinstance(key, str) or not key:
-            raise StepError(f"file input {i} needs string bucket and key", retryable=False)
+            raise StepError(f"file input {i} needs string bucket and key", retryable=False,
+                            error_type="input")
         refs.append(FileRef(bucket, key, ctype if isinstance(ctype, str) else None))
     return refs
 
@@ -275,10 +277,10 @@ def _storage_call[T](fn: Callable[[], T], ref: FileRef) -> T:
             400 <= status < 500 and status not in (408, 429)
         )
         raise StepError(f"storage error reading s3://{ref.bucket}/{ref.key}: {code or exc}",
-                        retryable=not permanent) from exc
+                        retryable=not permanent, error_type=http_error_type(status or 400)) from exc
     except BotoCoreError as exc:
         raise StepError(f"storage unreachable reading s3://{ref.bucket}/{ref.key}: {exc}",
-                        retryable=True) from exc
+                        retryable=True, error_type="network") from exc
 
 
 def _upload(
@@ -313,7 +315,7 @@ def _upload(
     while file.state == types.FileState.PROCESSING:
         if deadline - time.monotonic() < MIN_CALL_S + FILE_POLL_INTERVAL_S:
             raise StepError(f"Gemini is still processing {file.name}; out of time",
-                            retryable=True)
+                            retryable=True, error_type="timeout")
         time.sleep(FILE_POLL_INTERVAL_S)
         try:
             file = client.files.get(
@@ -325,9 +327,10 @@ def _upload(
         except Exception as exc:
             raise _step_error(exc, "Files API get") from exc
     if file.state == types.FileState.FAILED:
-        raise StepError(f"Gemini could not process {ref.key}: {file.error}", retryable=False)
+        raise StepError(f"Gemini could not process {ref.key}: {file.error}", retryable=False,
+                        error_type="provider")
     if not file.uri:
-        raise StepError("the Files API returned a file without a uri", retryable=True)
+        raise StepError("the Files API returned a file without a uri", retryable=True, error_type="provider")
     return file
 
 
@@ -362,13 +365,16 @@ def _step_error(exc: Exception, what: str) -> StepError:
         retryable = code in (408, 429) or code >= 500 or code == 0
         detail = exc.message or str(exc.details)[:500]
         return StepError(f"Gemini {what} failed: {code} {exc.status or ''}: {detail}".strip(),
-                         retryable=retryable)
+                         retryable=retryable,
+                         error_type="network" if code == 0 else http_error_type(code))
     if isinstance(exc, httpx.TimeoutException):
-        return StepError(f"Gemini {what} timed out: {type(exc).__name__}", retryable=True)
+        return StepError(f"Gemini {what} timed out: {type(exc).__name__}", retryable=True,
+                         error_type="timeout")
     if isinstance(exc, httpx.TransportError):
-        return StepError(f"Gemini {what}: connection failed: {exc!r}", retryable=True)
+        return StepError(f"Gemini {what}: connection failed: {exc!r}", retryable=True,
+                         error_type="network")
     if isinstance(exc, ValidationError):
-        return StepError(f"Gemini {what}: invalid request: {exc}", retryable=False)
+        return StepError(f"Gemini {what}: invalid request: {exc}", retryable=False, error_type="input")
     if isinstance(exc, (ValueError, KeyError)):
         # The SDK raises these when an upload session ends unexpectedly.
         return StepError(f"Gemini {what} failed: {exc}", retryable=True)
@@ -380,7 +386,8 @@ def _response_text(response: types.GenerateContentResponse) -> str:
     feedback = response.prompt_feedback
     if feedback is not None and feedback.block_reason is not None:
         raise StepError(f"Gemini blocked the prompt: {feedback.block_reason.value} "
-                        f"{feedback.block_reason_message or ''}".strip(), retryable=False)
+                        f"{feedback.block_reason_message or ''}".strip(), retryable=False,
+                        error_type="provider")
     text = response.text
     if text:
         return text
@@ -388,8 +395,10 @@ def _response_text(response: types.GenerateContentResponse) -> str:
     if response.candidates and response.candidates[0].finish_reason is not None:
         reason = response.candidates[0].finish_reason.value
     if reason in FINAL_FINISH_REASONS:
-        raise StepError(f"Gemini returned no text (finish reason {reason})", retryable=False)
-    raise StepError(f"Gemini returned no text (finish reason {reason})", retryable=True)
+        raise StepError(f"Gemini returned no text (finish reason {reason})", retryable=False,
+                        error_type="provider")
+    raise StepError(f"Gemini returned no text (finish reason {reason})", retryable=True,
+                    error_type="provider")
 
 
 def _usage(response: types.GenerateContentResponse) -> dict[str, int]:
@@ -409,12 +418,12 @@ def _parse_json(text: str, schema: dict[str, Any]) -> Any:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise StepError(f"Gemini's answer is not valid JSON ({exc.msg} at {exc.pos}): "
-                        f"{text[:200]!r}", retryable=False) from exc
+                        f"{text[:200]!r}", retryable=False, error_type="provider") from exc
     if not is_json_schema(schema):
         return value  # Gemini-dialect schema: Gemini enforced it, jsonschema cannot check it.
     error = best_match(Draft202012Validator(schema).iter_errors(value))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(root)"
         raise StepError(f"Gemini's JSON does not match response_schema at {where}: "
-                        f"{error.message}", retryable=False)
+                        f"{error.message}", retryable=False, error_type="provider")
     return value

@@ -21,6 +21,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from shared import storage
 from shared.executors import netguard, parse_config
 from shared.executors.base import StepContext, StepError
+from shared.protocol import http_error_type
 from supaflow_models.transformers import KEY_PLACEHOLDER, KEY_PLACEHOLDERS, HttpDownloadConfig
 
 SPOOL_MAX_MEMORY = 8 * 1024 * 1024
@@ -33,7 +34,7 @@ def execute(config: dict[str, Any], inputs: dict[str, Any], ctx: StepContext) ->
     cfg = parse_config(HttpDownloadConfig, config)
     url = inputs.get("url")
     if not isinstance(url, str) or not url:
-        raise StepError("input 'url' must be a non-empty string", retryable=False)
+        raise StepError("input 'url' must be a non-empty string", retryable=False, error_type="input")
     bucket, max_bytes = cfg.bucket, cfg.max_bytes
     patterns = cfg.allowed_content_types or []
     netguard.check_url(url)
@@ -49,7 +50,8 @@ def execute(config: dict[str, Any], inputs: dict[str, Any], ctx: StepContext) ->
     # Never outlive the lease: a later attempt would race this one.
     timeout_s = min(cfg.timeout_s, ctx.remaining_s())
     if timeout_s <= 0:
-        raise StepError("no time left in the step's budget to download", retryable=True)
+        raise StepError("no time left in the step's budget to download", retryable=True,
+                        error_type="timeout")
     deadline = time.monotonic() + timeout_s
 
     with (
@@ -91,9 +93,8 @@ def check_status(response: httpx.Response) -> None:
     if 200 <= status < 300:
         return
     where = str(response.request.url)
-    if status == 429 or status >= 500:
-        raise StepError(f"GET {where} answered {status}", retryable=True)
-    raise StepError(f"GET {where} answered {status}", retryable=False)
+    raise StepError(f"GET {where} answered {status}", retryable=status == 429 or status >= 500,
+                    error_type=http_error_type(status))
 
 
 def stream_to(
@@ -111,7 +112,8 @@ def stream_to(
                 )
             if time.monotonic() > deadline:
                 # The read timeout only bounds each read; a trickling server needs this.
-                raise StepError(f"download of {response.request.url} timed out", retryable=True)
+                raise StepError(f"download of {response.request.url} timed out", retryable=True,
+                                error_type="timeout")
             digest.update(chunk)
             out.write(chunk)
     except httpx.DecodingError as exc:
@@ -120,8 +122,8 @@ def stream_to(
         ) from exc
     except httpx.TransportError as exc:
         raise StepError(
-            f"download of {response.request.url} broke off: {exc!r}", retryable=True
-        ) from exc
+            f"download of {response.request.url} broke off: {exc!r}", retryable=True,
+            error_type="network") from exc
     return size, digest.hexdigest()
 
 
@@ -131,12 +133,13 @@ def store(bucket: str, key: str, body: BinaryIO, content_type: str) -> None:
         storage.ensure_bucket(bucket)
         storage.upload(bucket, key, body, content_type)
     except BotoCoreError as exc:
-        raise StepError(f"storage unavailable: {exc}", retryable=True) from exc
+        raise StepError(f"storage unavailable: {exc}", retryable=True, error_type="network") from exc
     except ClientError as exc:
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
         code = str(exc.response.get("Error", {}).get("Code", ""))
         retryable = status >= 500 or status == 429 or code in {"SlowDown", "Throttling"}
-        raise StepError(f"storage refused s3://{bucket}/{key}: {exc}", retryable=retryable) from exc
+        raise StepError(f"storage refused s3://{bucket}/{key}: {exc}", retryable=retryable,
+                        error_type=http_error_type(status)) from exc
 
 
 def content_type_allowed(content_type: str, patterns: list[str]) -> bool:
@@ -165,5 +168,5 @@ def render_key(template: str, values: dict[str, str]) -> str:
     assert values.keys() == KEY_PLACEHOLDERS
     key = KEY_PLACEHOLDER.sub(lambda match: values[match.group(1)], template).lstrip("/")
     if not key:
-        raise StepError("key_template renders to an empty key", retryable=False)
+        raise StepError("key_template renders to an empty key", retryable=False, error_type="input")
     return key

@@ -104,11 +104,12 @@ def vet_host(host: str, port: int) -> str:
     except socket.gaierror as exc:
         # EAI_AGAIN is a temporary resolver failure; "no such name" will not fix itself.
         raise StepError(
-            f"cannot resolve host {host!r}: {exc}", retryable=exc.errno == socket.EAI_AGAIN
-        ) from exc
+            f"cannot resolve host {host!r}: {exc}", retryable=exc.errno == socket.EAI_AGAIN,
+            error_type="network") from exc
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     if not addresses:
-        raise StepError(f"host {host!r} resolves to no address", retryable=False)
+        raise StepError(f"host {host!r} resolves to no address", retryable=False,
+                        error_type="network")
     for address in addresses:
         ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 scope id
         reason = refusal_reason(ip)
@@ -120,8 +121,7 @@ def vet_host(host: str, port: int) -> str:
             raise StepError(
                 f"refused host {host!r}: {REFUSED_RULE}; "
                 f"list it in allow_hosts or {ENV_ALLOWED_HOSTS} to permit it",
-                retryable=False,
-            )
+                retryable=False, error_type="input")
     return addresses[0]
 
 
@@ -138,14 +138,15 @@ class GuardedTransport(httpx.BaseTransport):
         url = request.url
         if url.scheme not in DEFAULT_PORTS:
             raise StepError(
-                f"refused URL {str(url)!r}: only http and https are allowed", retryable=False
-            )
+                f"refused URL {str(url)!r}: only http and https are allowed", retryable=False,
+                error_type="input")
         host = url.raw_host.decode("ascii")  # IDNA-encoded, as DNS sees it
         if not host:
-            raise StepError(f"refused URL {str(url)!r}: it has no host", retryable=False)
+            raise StepError(f"refused URL {str(url)!r}: it has no host", retryable=False, error_type="input")
         port = DEFAULT_PORTS[url.scheme] if url.port is None else url.port
         if not 0 < port < 65536:  # getaddrinfo would silently wrap it (99999 -> 34463)
-            raise StepError(f"unusable URL {str(url)!r}: port {port} is out of range", retryable=False)
+            raise StepError(f"unusable URL {str(url)!r}: port {port} is out of range", retryable=False,
+                            error_type="input")
         if is_allowlisted(host, port, self._allow):
             return self._inner.handle_request(request)
 
@@ -191,9 +192,10 @@ def check_url(url: str) -> None:
         parsed = httpx.URL(url)
         urllib.parse.urlsplit(url)
     except (httpx.InvalidURL, ValueError) as exc:
-        raise StepError(f"unusable URL {url!r}: {exc}", retryable=False) from exc
+        raise StepError(f"unusable URL {url!r}: {exc}", retryable=False, error_type="input") from exc
     if parsed.port is not None and not 0 < parsed.port < 65536:
-        raise StepError(f"unusable URL {url!r}: port {parsed.port} is out of range", retryable=False)
+        raise StepError(f"unusable URL {url!r}: port {parsed.port} is out of range", retryable=False,
+                        error_type="input")
 
 
 def build_request(client: httpx.Client, method: str, url: str, **kwargs: Any) -> httpx.Request:
@@ -222,11 +224,14 @@ def send_checked(
         try:
             response = client.send(request, stream=True)
         except httpx.TimeoutException as exc:
-            raise StepError(f"timed out contacting {request.url}: {exc!r}", retryable=True) from exc
+            raise StepError(f"timed out contacting {request.url}: {exc!r}", retryable=True,
+                            error_type="timeout") from exc
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
-            raise StepError(f"unusable URL {request.url}: {exc}", retryable=False) from exc
+            raise StepError(f"unusable URL {request.url}: {exc}", retryable=False,
+                            error_type="input") from exc
         except httpx.TransportError as exc:
-            raise StepError(f"cannot reach {request.url}: {exc!r}", retryable=True) from exc
+            raise StepError(f"cannot reach {request.url}: {exc!r}", retryable=True,
+                            error_type="network") from exc
         if (
             not follow_redirects
             or not response.has_redirect_location
@@ -237,12 +242,12 @@ def send_checked(
         if hops == max_redirects:
             raise StepError(
                 f"too many redirects (more than {max_redirects}) starting at {start}",
-                retryable=False,
-            )
+                retryable=False, error_type="input")
         hops += 1
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _CREDENTIAL_HEADERS}
         try:
             target = request.url.join(response.headers["Location"])
             request = client.build_request(request.method, target, headers=headers)
         except httpx.InvalidURL as exc:
-            raise StepError(f"invalid redirect from {request.url}: {exc}", retryable=False) from exc
+            raise StepError(f"invalid redirect from {request.url}: {exc}", retryable=False,
+                            error_type="input") from exc

@@ -56,9 +56,11 @@ def check_output(output: Any) -> None:
     try:
         json.dumps(output, allow_nan=False)
     except RecursionError as exc:
-        raise StepError("the step's output is nested too deeply to encode", retryable=False) from exc
+        raise StepError("the step's output is nested too deeply to encode", retryable=False,
+                        error_type="output") from exc
     except (TypeError, ValueError) as exc:
-        raise StepError(f"the step's output is not JSON: {exc}", retryable=False) from exc
+        raise StepError(f"the step's output is not JSON: {exc}", retryable=False,
+                        error_type="output") from exc
 
 
 def run_step(execute: Execute, step: StepRequest) -> StepOutcome:
@@ -72,9 +74,11 @@ def run_step(execute: Execute, step: StepRequest) -> StepOutcome:
         output = execute(step.transformer.config, step.inputs, ctx)
         check_output(output)
     except StepError as exc:
-        logger.warning("step failed", extra={**keys, "error": exc.message, "retryable": exc.retryable})
+        logger.warning("step failed", extra={**keys, "error": exc.message, "retryable": exc.retryable,
+                                             "error_type": exc.error_type,
+                                             "transformer": step.transformer.id})
         return StepOutcome(job_id=job_id, step_id=step.step_id, lease_token=lease_token,
-                           error=exc.message, retryable=exc.retryable)
+                           error=exc.message, retryable=exc.retryable, error_type=exc.error_type)
     except Exception as exc:  # noqa: BLE001 - any bug in a step is a failed, retryable attempt
         logger.exception("step raised", extra=keys)
         return StepOutcome(job_id=job_id, step_id=step.step_id, lease_token=lease_token,

@@ -23,6 +23,7 @@ import httpx
 
 from shared.executors import netguard, parse_config
 from shared.executors.base import StepContext, StepError
+from shared.protocol import http_error_type
 from shared.settings import named_secret
 from supaflow_models.transformers import WebhookCallConfig
 
@@ -62,12 +63,13 @@ def execute(config: dict[str, Any], inputs: dict[str, Any], ctx: StepContext) ->
     cfg = parse_config(WebhookCallConfig, config)
     url = inputs.get("url") or cfg.url
     if not isinstance(url, str) or not url:
-        raise StepError("a non-empty 'url' is required in config or inputs", retryable=False)
+        raise StepError("a non-empty 'url' is required in config or inputs", retryable=False,
+                        error_type="input")
     if cfg.url and url != cfg.url:
         # The transformer's headers and secret are meant for its own url: a workflow may
         # not send them (or get its bodies signed) elsewhere.
         raise StepError("input 'url' may not override the transformer's config.url",
-                        retryable=False)
+                        retryable=False, error_type="input")
     secret = _secret(cfg.secret_env_var)
     try:
         # Serialised once: the signature covers exactly the bytes sent.
@@ -76,10 +78,12 @@ def execute(config: dict[str, Any], inputs: dict[str, Any], ctx: StepContext) ->
             ensure_ascii=False, allow_nan=False,
         ).encode()
     except (TypeError, ValueError) as exc:
-        raise StepError(f"input 'body' is not JSON-serialisable: {exc}", retryable=False) from exc
+        raise StepError(f"input 'body' is not JSON-serialisable: {exc}", retryable=False,
+                        error_type="input") from exc
     timeout_s = min(cfg.timeout_s, ctx.remaining_s())
     if timeout_s <= 0:
-        raise StepError("no time left in the step's budget to call the webhook", retryable=True)
+        raise StepError("no time left in the step's budget to call the webhook", retryable=True,
+                        error_type="timeout")
 
     timestamp = str(int(time.time()))
     headers = {
@@ -104,14 +108,16 @@ def execute(config: dict[str, Any], inputs: dict[str, Any], ctx: StepContext) ->
     if 200 <= status < 300:
         return {"status_code": status, "response": reply}
     detail = f"POST {url} answered {status}: {str(reply)[:200]}"
-    raise StepError(detail, retryable=status == 429 or status >= 500)
+    raise StepError(detail, retryable=status == 429 or status >= 500,
+                    error_type=http_error_type(status))
 
 
 def _secret(name: str) -> str:
     """The HMAC secret comes from the environment; config only names the variable."""
     secret = named_secret(name)
     if not secret:
-        raise StepError(f"env var {name} (the webhook secret) is not set", retryable=False)
+        raise StepError(f"env var {name} (the webhook secret) is not set", retryable=False,
+                        error_type="config")
     return secret
 
 
@@ -124,7 +130,8 @@ def _read_capped(response: httpx.Response) -> tuple[bytes, bool]:
             if len(received) > MAX_RESPONSE_BYTES:
                 return bytes(received[:MAX_RESPONSE_BYTES]), True
     except httpx.TransportError as exc:
-        raise StepError(f"reading the webhook's answer failed: {exc!r}", retryable=True) from exc
+        raise StepError(f"reading the webhook's answer failed: {exc!r}", retryable=True,
+                        error_type="network") from exc
     except httpx.DecodingError:
         return bytes(received), True
     return bytes(received), False

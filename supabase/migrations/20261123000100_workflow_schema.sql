@@ -296,6 +296,8 @@ create table workflow.job_steps (
   lease_expires_at timestamptz,
   output jsonb,
   error text,
+  -- What the last failed attempt's error was (shared.protocol.ErrorType), for metrics.
+  error_type text,
   created_at timestamptz not null default now(),
   started_at timestamptz,
   completed_at timestamptz,
@@ -323,6 +325,9 @@ create table workflow.job_events (
   to_status text,
   detail jsonb not null default '{}'::jsonb,
   created_at timestamptz not null default now(),
+  -- The writing transaction: metrics roll up the events of every transaction that has
+  -- ended (below the snapshot's xmin), so none is counted twice or skipped.
+  xid xid8 not null default pg_catalog.pg_current_xact_id(),
   unique (job_id, seq)
 );
 

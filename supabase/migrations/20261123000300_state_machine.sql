@@ -16,8 +16,10 @@ as $$
 declare
   v_from text;
   v_step text;
+  v_created timestamptz;
 begin
-  select status, current_step_id into v_from, v_step from workflow.jobs where id = p_job_id;
+  select status, current_step_id, created_at into v_from, v_step, v_created
+  from workflow.jobs where id = p_job_id;
   if v_from is not distinct from p_to then
     if p_current_step is not null and p_current_step is distinct from v_step then
       update workflow.jobs set current_step_id = p_current_step where id = p_job_id;
@@ -36,7 +38,10 @@ begin
       jsonb_build_object('status', p_to, 'at', now()) || coalesce(p_detail, '{}'::jsonb))
   where id = p_job_id;
   perform workflow.append_event(p_job_id, 'job_' || p_to, p_from_status => v_from,
-                                p_to_status => p_to, p_detail => p_detail);
+    p_to_status => p_to, p_detail => coalesce(p_detail, '{}'::jsonb) || case
+      when p_to in ('completed', 'failed', 'cancelled') then jsonb_build_object(
+        'duration_s', round(extract(epoch from now() - v_created)::numeric, 3))
+      else '{}'::jsonb end);
 end
 $$;
 
@@ -196,6 +201,17 @@ begin
 end
 $$;
 
+-- What an attempt's end records for the metrics: how long it ran and its transformer.
+create or replace function workflow.attempt_detail(p_step workflow.job_steps) returns jsonb
+language sql
+stable
+set search_path = ''
+as $$
+  select jsonb_build_object(
+    'transformer_id', p_step.transformer_id,
+    'duration_s', round(extract(epoch from now() - coalesce(p_step.started_at, now()))::numeric, 3))
+$$;
+
 -- Complete a step: record its output once, make dependents ready. When every
 -- step is complete the job stays `running` until finish_job stores final_result
 -- (built in Python from the output mapping); `finish` hands back what that needs,
@@ -215,7 +231,7 @@ declare
 begin
   if v_problem is not null then
     return workflow.fail_step(p_job_id, p_step_id, p_lease_token,
-                              'the step''s output is ' || v_problem, false);
+                              'the step''s output is ' || v_problem, false, 'output');
   end if;
   v_step := workflow.lock_leased_step(p_job_id, p_step_id, p_lease_token);
   if v_step.id is null then
@@ -229,7 +245,7 @@ begin
     step_data = step_data || jsonb_build_object(p_step_id, coalesce(p_output, 'null'::jsonb))
   where id = p_job_id;
   perform workflow.append_event(p_job_id, 'step_completed', p_step_id, v_step.attempt,
-                                'running', 'completed');
+                                'running', 'completed', workflow.attempt_detail(v_step));
 
   with ready as (
     update workflow.job_steps d set status = 'ready',
@@ -295,7 +311,8 @@ $$;
 -- Fail one attempt: retry with backoff while attempts remain and the error is
 -- retryable; otherwise fail the job.
 create or replace function workflow.fail_step(
-  p_job_id uuid, p_step_id text, p_lease_token uuid, p_error text, p_retryable boolean
+  p_job_id uuid, p_step_id text, p_lease_token uuid, p_error text, p_retryable boolean,
+  p_error_type text default 'executor'
 ) returns jsonb
 language plpgsql
 set search_path = ''
@@ -304,6 +321,7 @@ declare
   v_step workflow.job_steps;
   v_at timestamptz;
   v_error text := left(coalesce(p_error, 'unknown error'), 4000);
+  v_type text := left(coalesce(p_error_type, 'executor'), 40);
 begin
   v_step := workflow.lock_leased_step(p_job_id, p_step_id, p_lease_token);
   if v_step.id is null then
@@ -312,20 +330,22 @@ begin
   if p_retryable and v_step.attempt < v_step.max_attempts then
     v_at := now() + workflow.retry_delay(v_step.definition -> 'retry', v_step.attempt);
     update workflow.job_steps set status = 'ready', next_attempt_at = v_at, error = v_error,
-      lease_token = null, lease_expires_at = null
+      error_type = v_type, lease_token = null, lease_expires_at = null
     where id = v_step.id;
     update workflow.jobs set retry_count = retry_count + 1, next_retry_at = v_at
     where id = p_job_id;
     perform workflow.append_event(p_job_id, 'step_retry_scheduled', p_step_id, v_step.attempt,
-      'running', 'ready', jsonb_build_object('error', v_error, 'next_attempt_at', v_at));
+      'running', 'ready', workflow.attempt_detail(v_step) || jsonb_build_object(
+        'error', v_error, 'error_type', v_type, 'next_attempt_at', v_at));
     perform workflow.refresh_job_status(p_job_id);
     return jsonb_build_object('accepted', true, 'retry_at', v_at);
   end if;
-  update workflow.job_steps set status = 'failed', error = v_error, completed_at = now(),
-    lease_token = null, lease_expires_at = null
+  update workflow.job_steps set status = 'failed', error = v_error, error_type = v_type,
+    completed_at = now(), lease_token = null, lease_expires_at = null
   where id = v_step.id;
   perform workflow.append_event(p_job_id, 'step_failed', p_step_id, v_step.attempt,
-    'running', 'failed', jsonb_build_object('error', v_error, 'retryable', p_retryable));
+    'running', 'failed', workflow.attempt_detail(v_step) || jsonb_build_object(
+      'error', v_error, 'error_type', v_type, 'retryable', p_retryable));
   perform workflow.fail_job(p_job_id, format('step %s failed (attempt %s of %s): %s',
     p_step_id, v_step.attempt, v_step.max_attempts, v_error));
   return jsonb_build_object('accepted', true, 'job_failed', true);
@@ -351,7 +371,8 @@ begin
   loop
     perform 1 from workflow.jobs where id = r.job_id for update skip locked;
     if found and (workflow.fail_step(r.job_id, r.step_id, r.lease_token,
-        'lease expired: the executor did not report in time', true) ->> 'accepted')::boolean then
+        'lease expired: the executor did not report in time', true,
+        'lease_expired') ->> 'accepted')::boolean then
       v_count := v_count + 1;
     end if;
   end loop;
@@ -433,7 +454,8 @@ begin
     select (e ->> 'job_id')::uuid as job_id, e ->> 'step_id' as step_id,
            (e ->> 'lease_token')::uuid as lease_token, e -> 'output' as output,
            e ? 'error' as failed, e ->> 'error' as error,
-           coalesce((e ->> 'retryable')::boolean, true) as retryable, e -> 'final' as final
+           coalesce((e ->> 'retryable')::boolean, true) as retryable,
+           e ->> 'error_type' as error_type, e -> 'final' as final
     from jsonb_array_elements(p_outcomes) e
     order by 1, 2
   loop
@@ -443,7 +465,8 @@ begin
     job_status := null;
     begin
       if o.failed then
-        v_result := workflow.fail_step(o.job_id, o.step_id, o.lease_token, o.error, o.retryable);
+        v_result := workflow.fail_step(o.job_id, o.step_id, o.lease_token, o.error, o.retryable,
+                                       o.error_type);
       else
         v_result := workflow.complete_step(o.job_id, o.step_id, o.lease_token, o.output);
       end if;

@@ -1,0 +1,336 @@
+-- Metrics (DESIGN.md section 12, seed 002's list). Jobs and attempts are counted from
+-- job_events, rolled up incrementally: roll_up_metrics adds the events of every
+-- transaction that has ended since the last roll-up (by xid: none counted twice, none
+-- skipped) to per-minute rows (kept two days, for windows) and to running totals (for
+-- Prometheus counters). Reading metrics therefore costs the same at a million jobs of
+-- history as at ten. Timings the functions measure (API requests, orchestrator passes)
+-- are flushed by each process into timing_rollups. GET /metrics and the views read them.
+
+create index job_events_xid_idx on workflow.job_events (xid);
+
+-- Upper bounds (seconds) of the duration histograms' buckets; one more bucket: +Inf.
+create or replace function workflow.duration_bounds() returns double precision[]
+language sql
+immutable
+set search_path = ''
+as $$
+  select array[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900,
+               3600]::double precision[]
+$$;
+
+-- The bucket (1-based) a duration falls in: the first whose bound it does not exceed.
+create or replace function workflow.duration_bucket(p_seconds double precision) returns integer
+language sql
+immutable
+set search_path = ''
+as $$
+  select 1 + count(*)::integer from unnest(workflow.duration_bounds()) b where b < p_seconds
+$$;
+
+-- Per-bucket counts from (bucket, count) pairs: an array with one slot per bucket.
+create or replace function workflow.bucket_counts(p_buckets integer[], p_counts bigint[])
+returns bigint[]
+language sql
+immutable
+set search_path = ''
+as $$
+  select array_agg(coalesce((select sum(p_counts[k]) from generate_subscripts(p_buckets, 1) k
+                             where p_buckets[k] = g), 0)::bigint order by g)
+  from generate_series(1, cardinality(workflow.duration_bounds()) + 1) g
+$$;
+
+create or replace function workflow.add_buckets(p_a bigint[], p_b bigint[]) returns bigint[]
+language sql
+immutable
+set search_path = ''
+as $$
+  select array_agg(coalesce(x, 0) + coalesce(y, 0) order by i)
+  from unnest(p_a, p_b) with ordinality t(x, y, i)
+$$;
+
+create aggregate workflow.bucket_sum(bigint[]) (sfunc = workflow.add_buckets, stype = bigint[]);
+
+-- A quantile estimated from bucket counts, as Prometheus' histogram_quantile does:
+-- linear within the bucket it falls in (the +Inf bucket answers its lower bound).
+create or replace function workflow.bucket_quantile(p_q double precision, p_buckets bigint[])
+returns double precision
+language plpgsql
+immutable
+set search_path = ''
+as $$
+declare
+  v_bounds double precision[] := workflow.duration_bounds();
+  v_total double precision := (select sum(x) from unnest(p_buckets) x);
+  v_rank double precision;
+  v_seen double precision := 0;
+  v_lower double precision := 0;
+begin
+  if coalesce(v_total, 0) = 0 then
+    return null;
+  end if;
+  v_rank := p_q * v_total;
+  for i in 1 .. cardinality(p_buckets) loop
+    if v_seen + p_buckets[i] >= v_rank and p_buckets[i] > 0 then
+      if i > cardinality(v_bounds) then
+        return v_lower;
+      end if;
+      return v_lower + (v_bounds[i] - v_lower) * (v_rank - v_seen) / p_buckets[i];
+    end if;
+    v_seen := v_seen + p_buckets[i];
+    v_lower := coalesce(v_bounds[i], v_lower);
+  end loop;
+  return v_lower;
+end
+$$;
+
+-- One series: finished jobs (kind job; outcome completed, failed or cancelled) or ended
+-- attempts (kind step; outcome completed, failed or retried, with the error type).
+create table workflow.metric_rollups (
+  minute timestamptz not null,
+  kind text not null check (kind in ('job', 'step')),
+  workflow_id text not null,
+  step_id text not null,
+  transformer_id text not null,
+  outcome text not null,
+  error_type text not null,
+  count bigint not null,
+  duration_sum double precision not null,
+  duration_buckets bigint[] not null,
+  primary key (minute, kind, workflow_id, step_id, transformer_id, outcome, error_type)
+);
+create table workflow.metric_totals (
+  kind text not null,
+  workflow_id text not null,
+  step_id text not null,
+  transformer_id text not null,
+  outcome text not null,
+  error_type text not null,
+  count bigint not null,
+  duration_sum double precision not null,
+  duration_buckets bigint[] not null,
+  primary key (kind, workflow_id, step_id, transformer_id, outcome, error_type)
+);
+-- Where the last roll-up stopped: every transaction below this xid had ended.
+create table workflow.metric_cursor (
+  only_row boolean primary key default true check (only_row),
+  rolled_up_to xid8 not null
+);
+insert into workflow.metric_cursor (rolled_up_to) values ('1'::xid8);
+
+-- Timings measured by the functions: `api` (label: "<route> <status>") and `pass`
+-- (label: how the pass ended). Each process appends its own rows.
+create table workflow.timing_rollups (
+  id bigint generated always as identity primary key,
+  minute timestamptz not null,
+  name text not null check (name in ('api', 'pass')),
+  label text not null check (char_length(label) <= 200),
+  count bigint not null,
+  duration_sum double precision not null,
+  duration_buckets bigint[] not null
+);
+create index timing_rollups_minute_idx on workflow.timing_rollups (minute);
+create table workflow.timing_totals (
+  name text not null,
+  label text not null,
+  count bigint not null,
+  duration_sum double precision not null,
+  duration_buckets bigint[] not null,
+  primary key (name, label)
+);
+
+alter table workflow.metric_rollups enable row level security;
+alter table workflow.metric_totals enable row level security;
+alter table workflow.metric_cursor enable row level security;
+alter table workflow.timing_rollups enable row level security;
+alter table workflow.timing_totals enable row level security;
+
+-- Adds the events of every transaction that ended since the last call; returns how
+-- many. Called every minute by pg_cron and by GET /metrics (so it is always current);
+-- concurrent calls take turns on the cursor row.
+create or replace function workflow.roll_up_metrics() returns bigint
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_from xid8;
+  v_to xid8 := pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot());
+  v_count bigint;
+begin
+  select rolled_up_to into v_from from workflow.metric_cursor for update;
+  if v_to <= v_from then
+    return 0;
+  end if;
+  with ended as (
+    select date_trunc('minute', e.created_at) as minute,
+           case when e.event_type like 'job\_%' then 'job' else 'step' end as kind,
+           j.workflow_id,
+           coalesce(e.step_id, '') as step_id,
+           coalesce(e.detail ->> 'transformer_id', '') as transformer_id,
+           case e.event_type when 'step_retry_scheduled' then 'retried'
+                             when 'step_completed' then 'completed'
+                             when 'step_failed' then 'failed'
+                             else e.to_status end as outcome,
+           coalesce(e.detail ->> 'error_type', '') as error_type,
+           coalesce((e.detail ->> 'duration_s')::double precision, 0) as duration_s
+    from workflow.job_events e
+    join workflow.jobs j on j.id = e.job_id
+    where e.xid >= v_from and e.xid < v_to
+      and e.event_type in ('job_completed', 'job_failed', 'job_cancelled', 'step_completed',
+                           'step_failed', 'step_retry_scheduled')
+  ), cells as (
+    select minute, kind, workflow_id, step_id, transformer_id, outcome, error_type,
+           workflow.duration_bucket(duration_s) as bucket, count(*) as n, sum(duration_s) as total
+    from ended group by 1, 2, 3, 4, 5, 6, 7, 8
+  ), batch as (
+    select minute, kind, workflow_id, step_id, transformer_id, outcome, error_type,
+           sum(n)::bigint as count, sum(total) as duration_sum,
+           workflow.bucket_counts(array_agg(bucket), array_agg(n)) as duration_buckets
+    from cells group by 1, 2, 3, 4, 5, 6, 7
+  ), minutes as (
+    insert into workflow.metric_rollups as r select * from batch
+    on conflict (minute, kind, workflow_id, step_id, transformer_id, outcome, error_type)
+    do update set count = r.count + excluded.count,
+      duration_sum = r.duration_sum + excluded.duration_sum,
+      duration_buckets = workflow.add_buckets(r.duration_buckets, excluded.duration_buckets)
+  )
+  insert into workflow.metric_totals as t
+  select kind, workflow_id, step_id, transformer_id, outcome, error_type, sum(count),
+         sum(duration_sum), workflow.bucket_sum(duration_buckets)
+  from batch group by 1, 2, 3, 4, 5, 6
+  on conflict (kind, workflow_id, step_id, transformer_id, outcome, error_type)
+  do update set count = t.count + excluded.count,
+    duration_sum = t.duration_sum + excluded.duration_sum,
+    duration_buckets = workflow.add_buckets(t.duration_buckets, excluded.duration_buckets);
+  get diagnostics v_count = row_count;
+  delete from workflow.metric_rollups where minute < now() - interval '2 days';
+  delete from workflow.timing_rollups where minute < now() - interval '2 days';
+  update workflow.metric_cursor set rolled_up_to = v_to;
+  return v_count;
+end
+$$;
+
+-- A function process's timings since its last flush, as raw durations (bucketed here,
+-- by the one owner of the bounds): [{"name", "label", "minute", "durations": [s, ...]}].
+create or replace function workflow.record_timings(p_rows jsonb) returns void
+language sql
+set search_path = ''
+as $$
+  with measured as (
+    select r ->> 'name' as name, left(r ->> 'label', 200) as label,
+           date_trunc('minute', (r ->> 'minute')::timestamptz) as minute,
+           d.value::double precision as seconds
+    from jsonb_array_elements(p_rows) r, jsonb_array_elements_text(r -> 'durations') d
+  ), cells as (
+    select name, label, minute, workflow.duration_bucket(seconds) as bucket, count(*) as n,
+           sum(seconds) as total
+    from measured group by 1, 2, 3, 4
+  ), rows as (
+    select name, label, minute, sum(n)::bigint as count, sum(total) as total,
+           workflow.bucket_counts(array_agg(bucket), array_agg(n)) as buckets
+    from cells group by 1, 2, 3
+  ), inserted as (
+    insert into workflow.timing_rollups (minute, name, label, count, duration_sum, duration_buckets)
+    select minute, name, label, count, total, buckets from rows
+  )
+  insert into workflow.timing_totals as t (name, label, count, duration_sum, duration_buckets)
+  select name, label, sum(count), sum(total), workflow.bucket_sum(buckets) from rows
+  group by name, label
+  on conflict (name, label) do update set count = t.count + excluded.count,
+    duration_sum = t.duration_sum + excluded.duration_sum,
+    duration_buckets = workflow.add_buckets(t.duration_buckets, excluded.duration_buckets)
+$$;
+
+-- The windows the views and GET /metrics report on.
+create or replace function workflow.metric_windows() returns table (name text, span interval)
+language sql
+immutable
+set search_path = ''
+as $$
+  values ('5m', interval '5 minutes'), ('1h', interval '1 hour'), ('24h', interval '24 hours')
+$$;
+
+-- Seed 002's metrics, for Supabase users (service role; SQL editor). Windows: 5m, 1h, 24h.
+create or replace view workflow.job_metrics with (security_invoker = true) as
+  select w.name as window, r.workflow_id,
+         coalesce(sum(r.count) filter (where r.outcome = 'completed'), 0) as completed,
+         coalesce(sum(r.count) filter (where r.outcome = 'failed'), 0) as failed,
+         coalesce(sum(r.count) filter (where r.outcome = 'cancelled'), 0) as cancelled,
+         round(coalesce(sum(r.count) filter (where r.outcome = 'failed'), 0)::numeric
+               / sum(r.count), 4) as failure_rate,
+         round((sum(r.duration_sum) / sum(r.count))::numeric, 3) as duration_avg_s,
+         workflow.bucket_quantile(0.5, workflow.bucket_sum(r.duration_buckets)) as duration_p50_s,
+         workflow.bucket_quantile(0.95, workflow.bucket_sum(r.duration_buckets)) as duration_p95_s,
+         workflow.bucket_quantile(0.99, workflow.bucket_sum(r.duration_buckets)) as duration_p99_s
+  from workflow.metric_windows() w
+  join workflow.metric_rollups r on r.kind = 'job' and r.minute >= now() - w.span
+  group by w.name, r.workflow_id;
+
+create or replace view workflow.step_failure_metrics with (security_invoker = true) as
+  select w.name as window, r.workflow_id, r.step_id, r.transformer_id, r.error_type,
+         coalesce(sum(r.count) filter (where r.outcome = 'failed'), 0) as failed,
+         coalesce(sum(r.count) filter (where r.outcome = 'retried'), 0) as retried
+  from workflow.metric_windows() w
+  join workflow.metric_rollups r on r.kind = 'step' and r.outcome in ('failed', 'retried')
+    and r.minute >= now() - w.span
+  group by w.name, r.workflow_id, r.step_id, r.transformer_id, r.error_type;
+
+create or replace view workflow.step_duration_metrics with (security_invoker = true) as
+  select w.name as window, r.transformer_id, sum(r.count) as attempts,
+         round((sum(r.duration_sum) / sum(r.count))::numeric, 3) as duration_avg_s,
+         workflow.bucket_quantile(0.5, workflow.bucket_sum(r.duration_buckets)) as duration_p50_s,
+         workflow.bucket_quantile(0.95, workflow.bucket_sum(r.duration_buckets)) as duration_p95_s,
+         workflow.bucket_quantile(0.99, workflow.bucket_sum(r.duration_buckets)) as duration_p99_s
+  from workflow.metric_windows() w
+  join workflow.metric_rollups r on r.kind = 'step' and r.minute >= now() - w.span
+  group by w.name, r.transformer_id;
+
+create or replace view workflow.timing_metrics with (security_invoker = true) as
+  select w.name as window, t.name, t.label, sum(t.count) as count,
+         round((sum(t.duration_sum) / sum(t.count))::numeric, 4) as duration_avg_s,
+         workflow.bucket_quantile(0.5, workflow.bucket_sum(t.duration_buckets)) as duration_p50_s,
+         workflow.bucket_quantile(0.95, workflow.bucket_sum(t.duration_buckets)) as duration_p95_s,
+         workflow.bucket_quantile(0.99, workflow.bucket_sum(t.duration_buckets)) as duration_p99_s
+  from workflow.metric_windows() w
+  join workflow.timing_rollups t on t.minute >= now() - w.span
+  group by w.name, t.name, t.label;
+
+create or replace view workflow.queue_metrics with (security_invoker = true) as
+  select
+    (select count(*) from workflow.jobs where status = 'pending') as pending_jobs,
+    (select count(*) from workflow.jobs where status = 'running') as running_jobs,
+    (select count(*) from workflow.jobs where status = 'awaiting_retry') as awaiting_retry_jobs,
+    (select count(*) from workflow.job_steps where status = 'ready' and next_attempt_at <= now())
+      as ready_steps,
+    (select count(*) from workflow.job_steps where status = 'ready' and next_attempt_at > now())
+      as delayed_steps,
+    (select coalesce(extract(epoch from now() - min(next_attempt_at)), 0)
+     from workflow.job_steps where status = 'ready' and next_attempt_at <= now())
+      as oldest_ready_age_s;
+
+-- Everything GET /metrics serves (after rolling up what is new): running totals for the
+-- counters and histograms, the 5m and 1h windows, and the queue now.
+-- They span every tenant: the service role (or the internal credential, which the
+-- function turns into service claims), or an admin of no tenant.
+create or replace function workflow.metrics_report(p_claims jsonb) returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if not (workflow.claims_service(p_claims)
+          or (workflow.claims_admin(p_claims) and workflow.claims_tenant(p_claims) is null)) then
+    raise sqlstate 'PT403' using detail = 'forbidden', message = 'metrics span every tenant:'
+      || ' the service-role key, the internal credential, or an admin of no tenant';
+  end if;
+  perform workflow.roll_up_metrics();
+  return jsonb_build_object(
+    'bounds', to_jsonb(workflow.duration_bounds()),
+    'totals', coalesce((select jsonb_agg(to_jsonb(t)) from workflow.metric_totals t), '[]'),
+    'timings', coalesce((select jsonb_agg(to_jsonb(t)) from workflow.timing_totals t), '[]'),
+    'jobs', coalesce((select jsonb_agg(to_jsonb(m)) from workflow.job_metrics m
+                      where m.window in ('5m', '1h')), '[]'),
+    'queue', (select to_jsonb(q) from workflow.queue_metrics q));
+end
+$$;
+
+-- Rolled up every minute, whether or not anyone scrapes (the alerts read the rollups).
+select cron.schedule('supaflow-metrics', '* * * * *', 'select workflow.roll_up_metrics()');

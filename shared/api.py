@@ -195,7 +195,8 @@ def handler_for(endpoint: Endpoint) -> Handler:
         )
         started = time.perf_counter()
         response = _answer(endpoint, request)
-        metrics.TIMINGS.record("api", f"{request.event.route_key} {response['statusCode']}",
+        route = request.event.raw_event.get("routeKey") or "unrouted"
+        metrics.TIMINGS.record("api", f"{route} {response['statusCode']}",
                                time.perf_counter() - started)
         logger.thread_safe_clear_keys()
         return response

@@ -135,6 +135,11 @@ class Report(Collector):
         queue = self.report["queue"]
         for key, (name, doc) in QUEUE_GAUGES.items():
             yield GaugeMetricFamily(name, doc, value=float(queue[key]))
+        firing = GaugeMetricFamily("supaflow_alerts_firing", "Alerts firing now (GET /alerts)",
+                                   labels=["rule", "subject"])
+        for alert in self.report["alerts"]:
+            firing.add_metric([alert["rule_id"], alert["subject"]], 1.0)
+        yield firing
 
     def _windows(self) -> Iterator[Metric]:
         failure = GaugeMetricFamily("supaflow_job_failure_ratio",

@@ -23,6 +23,8 @@ class Delivery:
     attempt: int
     path: str
     tag: str  # the body's "tag", if any
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -91,7 +93,7 @@ class Receiver:
             delivery = Delivery(
                 len(self.deliveries) + 1, headers.get("x-supaflow-job-id", ""),
                 headers.get("x-supaflow-step-id", ""), int(headers.get("x-supaflow-attempt", "0") or 0),
-                path, tag)
+                path, tag, body, headers)
             self.deliveries.append(delivery)
         try:
             if path.startswith("/slow/"):

@@ -93,7 +93,9 @@ def test_each_method_calls_its_operation() -> None:
                     "definition": {"steps": []}, "type": "transform", "config": {},
                     "trigger_id": "tr", "table": "public.t", "events": ["INSERT"],
                     "schedule_id": "sc", "cron": "* * * * *", "webhook_id": "wh",
-                    "content": b"{}", "headers": {"webhook-id": "msg_1"}}
+                    "content": b"{}", "headers": {"webhook-id": "msg_1"},
+                    "rule_id": "r", "kind": "failure_rate", "threshold": 0.5,
+                    "window_s": 900}
     documented = operations()
     for operation_id, name in OPERATIONS.items():
         method = getattr(client, name)

@@ -181,3 +181,31 @@ def test_metrics_need_credentials(stack: Stack, api: Api) -> None:
             "apikey": stack.sec.anon_key, "Authorization": f"Bearer {user.token}",
             "Accept-Profile": "workflow"})
         assert read.status_code in (401, 403) and read.json()["code"] == "42501", (table, read.text)
+
+
+def test_an_event_committed_late_is_counted_once(stack: Stack, workload: dict[str, str]) -> None:
+    """A transaction still open when the roll-up runs (a finish in flight) is counted when
+    it has ended, not skipped, and never twice (the cursor is the snapshot's xmin).
+    (Two jobs: two events of one job would wait on each other's sequence number.)"""
+    wid = workload["slow"]
+
+    def completed() -> int:
+        stack.sql("select workflow.roll_up_metrics()")
+        rows = stack.sql("select count from workflow.metric_totals where kind = 'job'"
+                         " and workflow_id = %s and outcome = 'completed'", (wid,))
+        return int(rows[0][0]) if rows else 0
+
+    before = completed()
+    (job_id,), (other_job,) = stack.sql(
+        "select id::text from workflow.jobs where workflow_id = %s limit 2", (wid,))
+    with stack.db() as late:
+        with late.transaction():
+            late.execute("select workflow.append_event(%s, 'job_completed', p_to_status =>"
+                         " 'completed', p_detail => '{\"duration_s\": 0.5}')", (job_id,))
+            assert completed() == before  # still open: not yet
+            with stack.db() as other, other.transaction():  # a later transaction, ended first
+                other.execute("select workflow.append_event(%s, 'job_completed', p_to_status =>"
+                              " 'completed', p_detail => '{\"duration_s\": 0.5}')", (other_job,))
+            assert completed() == before  # held back behind the open one's xid
+        assert completed() == before + 2
+        assert completed() == before + 2

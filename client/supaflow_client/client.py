@@ -77,6 +77,9 @@ OPERATIONS: dict[str, str] = {
     "deleteWebhook": "delete_webhook",
     "receiveWebhook": "deliver_webhook",
     "getMetrics": "metrics",
+    "listAlerts": "list_alerts",
+    "listAlertRules": "list_alert_rules",
+    "putAlertRule": "put_alert_rule",
 }
 
 
@@ -510,6 +513,26 @@ class _Api[H: (httpx.Client, httpx.AsyncClient), R, I](ABC):
         """GET /metrics (the service-role key or the internal credential):
         `{"text": <Prometheus' text format>}`."""
         return self._execute(_Call("GET", "/metrics", text=True))
+
+    def list_alerts(self, *, include_resolved: bool = False) -> R:
+        """GET /alerts (operators): `{"alerts": [...]}` firing now (and the last 100
+        resolved with `include_resolved`)."""
+        return self._execute(_Call("GET", "/alerts",
+                                   params=_query(status="all" if include_resolved else None)))
+
+    def list_alert_rules(self) -> R:
+        """GET /alert-rules (operators): `{"rules": [...]}`."""
+        return self._execute(_Call("GET", "/alert-rules"))
+
+    def put_alert_rule(self, rule_id: str, kind: str, threshold: float, window_s: int, *,
+                       description: str | None = None, min_volume: int = 1,
+                       enabled: bool = True, webhook_url: str | None = None) -> R:
+        """PUT /alert-rules/{rule_id} (operators): fire while the `kind`'s value is over
+        `threshold` with `min_volume` behind it over `window_s`; deliver to `webhook_url`."""
+        body = _fields(kind=kind, threshold=threshold, window_s=window_s,
+                       description=description, min_volume=min_volume, enabled=enabled,
+                       webhook_url=webhook_url)
+        return self._execute(_Call("PUT", f"/alert-rules/{_segment(rule_id)}", body=body))
 
     def health(self) -> R:
         """GET /health (no token): `{"status": "ok" | "unhealthy", "checks": {...}}`, for a

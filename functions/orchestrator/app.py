@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from shared import api, auth, metrics, orchestrator
+from shared import alerts, api, auth, metrics, orchestrator
 from shared.dispatch import KICK_REASON, functions_url
 from shared.errors import ApiError
 from shared.log import logger
@@ -34,6 +34,8 @@ def _run_pass(event: dict[str, Any], context: Any, reason: str = "schedule") -> 
     label = ("skipped" if summary.skipped else "kicked" if reason == KICK_REASON
              else "scheduled" if reason in ("cron", "schedule") else "manual")
     metrics.TIMINGS.record("pass", label, summary.duration_ms / 1000)
+    if label in ("scheduled", "manual"):  # not on a kick: starts never wait for alerts
+        return {**summary.as_dict(), **alerts.evaluate_and_deliver()}
     return summary.as_dict()
 
 

@@ -1,4 +1,4 @@
--- Metrics (DESIGN.md section 12, seed 002's list). Jobs and attempts are counted from
+-- Metrics and alerts (DESIGN.md section 12, seed 002's list). Jobs and attempts are counted from
 -- job_events, rolled up incrementally: roll_up_metrics adds the events of every
 -- transaction that has ended since the last roll-up (by xid: none counted twice, none
 -- skipped) to per-minute rows (kept two days, for windows) and to running totals (for
@@ -309,18 +309,262 @@ create or replace view workflow.queue_metrics with (security_invoker = true) as
 
 -- Everything GET /metrics serves (after rolling up what is new): running totals for the
 -- counters and histograms, the 5m and 1h windows, and the queue now.
--- They span every tenant: the service role (or the internal credential, which the
--- function turns into service claims), or an admin of no tenant.
-create or replace function workflow.metrics_report(p_claims jsonb) returns jsonb
+-- Alerts (DESIGN.md section 12, seed 002's list): rules with thresholds in a table,
+-- evaluated after each scheduled orchestrator pass (shared.alerts), each firing and each
+-- resolution recorded once (one firing alert per rule and subject at a time: a storm of
+-- a thousand failed jobs is one alert), delivered once to the rule's webhook.
+--
+-- A rule fires for a subject (a workflow, or '' for the engine) while its value is over
+-- `threshold` with at least `min_volume` behind it, over the last `window_s` seconds:
+-- - failure_rate: failed / finished jobs of a workflow (volume: finished jobs);
+-- - stalled_jobs: jobs of a workflow running or awaiting a retry, unchanged for longer
+--   than the window (value and volume: how many);
+-- - slow_passes: the longest orchestrator pass in the window, in seconds (volume: passes);
+-- - config_errors: attempts of a workflow failed because a transformer's configuration
+--   could not be found or used (error type config; value and volume: how many).
+
+create table workflow.alert_rules (
+  id workflow.object_id primary key,
+  kind text not null
+    check (kind in ('failure_rate', 'stalled_jobs', 'slow_passes', 'config_errors')),
+  description text check (char_length(description) <= 500),
+  threshold double precision not null check (threshold between 0 and 1e9),
+  window_s integer not null check (window_s between 60 and 86400),
+  min_volume integer not null default 1 check (min_volume between 0 and 1000000),
+  enabled boolean not null default true,
+  webhook_url text check (char_length(webhook_url) <= 2000),
+  updated_at timestamptz not null default now()
+);
+insert into workflow.alert_rules (id, kind, description, threshold, window_s, min_volume) values
+  ('high-failure-rate', 'failure_rate',
+   'A workflow failed more than half of at least 10 jobs in 15 minutes', 0.5, 900, 10),
+  ('stalled-jobs', 'stalled_jobs',
+   'Jobs running or awaiting a retry, unchanged for 30 minutes', 0, 1800, 1),
+  ('slow-passes', 'slow_passes',
+   'An orchestrator pass ran over 2 minutes in the last 15 (its budget is 1)', 120, 900, 1),
+  ('config-errors', 'config_errors',
+   'Steps failed because a transformer''s configuration is missing or unusable', 0, 900, 1);
+
+create table workflow.alerts (
+  id bigint generated always as identity primary key,
+  rule_id text not null references workflow.alert_rules (id) on delete cascade,
+  subject text not null,
+  status text not null check (status in ('firing', 'resolved')),
+  value double precision not null,
+  fired_at timestamptz not null default now(),
+  resolved_at timestamptz,
+  fire_delivered_at timestamptz,
+  resolve_delivered_at timestamptz,
+  -- An evaluator delivering the current state holds it until then (no one else sends
+  -- it meanwhile); if it never marks it delivered, the next evaluation after sends it.
+  delivery_claimed_until timestamptz
+);
+create unique index alerts_one_firing_idx on workflow.alerts (rule_id, subject)
+  where status = 'firing';
+create index alerts_fired_idx on workflow.alerts (fired_at desc);
+create index jobs_stalled_idx on workflow.jobs (last_updated_at)
+  where status in ('running', 'awaiting_retry');
+alter table workflow.alert_rules enable row level security;
+alter table workflow.alerts enable row level security;
+
+-- Each enabled rule's value per subject now (rows over the threshold and volume fire).
+create or replace function workflow.alert_values()
+returns table (rule_id text, subject text, value double precision, volume bigint)
+language sql
+stable
+set search_path = ''
+as $$
+  select r.id, m.workflow_id,
+         sum(m.count) filter (where m.outcome = 'failed')::double precision / sum(m.count),
+         sum(m.count)
+  from workflow.alert_rules r
+  join workflow.metric_rollups m on m.kind = 'job'
+    and m.minute >= date_trunc('minute', now() - make_interval(secs => r.window_s))
+  where r.enabled and r.kind = 'failure_rate'
+  group by r.id, m.workflow_id
+  union all
+  select r.id, j.workflow_id, count(*), count(*)
+  from workflow.alert_rules r
+  join workflow.jobs j on j.status in ('running', 'awaiting_retry')
+    and j.last_updated_at < now() - make_interval(secs => r.window_s)
+  where r.enabled and r.kind = 'stalled_jobs'
+  group by r.id, j.workflow_id
+  union all
+  select r.id, '', max(t.duration_sum / t.count), sum(t.count)
+  from workflow.alert_rules r
+  join workflow.timing_rollups t on t.name = 'pass' and t.label <> 'skipped'
+    and t.minute >= date_trunc('minute', now() - make_interval(secs => r.window_s))
+  where r.enabled and r.kind = 'slow_passes'
+  group by r.id
+  union all
+  select r.id, m.workflow_id, sum(m.count), sum(m.count)
+  from workflow.alert_rules r
+  join workflow.metric_rollups m on m.kind = 'step' and m.error_type = 'config'
+    and m.minute >= date_trunc('minute', now() - make_interval(secs => r.window_s))
+  where r.enabled and r.kind = 'config_errors'
+  group by r.id, m.workflow_id
+$$;
+
+-- Records what fired and what resolved since the last evaluation (one evaluator at a
+-- time), and returns the alerts that changed (`new`) and those this evaluator is to
+-- deliver (`webhook_url` set): each whose rule has a webhook, whose current state was
+-- not delivered, and that no other evaluator holds (it is held for 30 s).
+create or replace function workflow.evaluate_alerts() returns jsonb
 language plpgsql
+set search_path = ''
+as $$
+declare
+  v_changed bigint[];
+  v_deliver bigint[];
+begin
+  perform pg_catalog.pg_advisory_xact_lock(hashtext('supaflow.evaluate_alerts'));
+  perform workflow.roll_up_metrics();
+  create temporary table if not exists pg_temp.alert_now (rule_id text, subject text,
+    value double precision) on commit drop;
+  truncate pg_temp.alert_now;
+  insert into pg_temp.alert_now
+  select v.rule_id, v.subject, v.value from workflow.alert_values() v
+  join workflow.alert_rules r on r.id = v.rule_id
+  where v.value > r.threshold and v.volume >= r.min_volume;
+  with fired as (
+    insert into workflow.alerts (rule_id, subject, status, value)
+    select n.rule_id, n.subject, 'firing', n.value from pg_temp.alert_now n
+    on conflict (rule_id, subject) where status = 'firing' do nothing
+    returning id
+  ), resolved as (
+    update workflow.alerts a set status = 'resolved', resolved_at = now()
+    where a.status = 'firing' and not exists (
+      select 1 from pg_temp.alert_now n where n.rule_id = a.rule_id and n.subject = a.subject)
+    returning a.id
+  )
+  select coalesce(array_agg(id), '{}') into v_changed
+  from (select id from fired union all select id from resolved) c;
+  with held as (
+    update workflow.alerts a set delivery_claimed_until = now() + interval '30 seconds'
+    from workflow.alert_rules r
+    where r.id = a.rule_id and r.webhook_url is not null
+      and ((a.status = 'firing' and a.fire_delivered_at is null)
+           or (a.status = 'resolved' and a.resolve_delivered_at is null))
+      and coalesce(a.delivery_claimed_until, '-infinity') < now()
+    returning a.id
+  )
+  select coalesce(array_agg(id), '{}') into v_deliver from held;
+  return coalesce((
+    select jsonb_agg(workflow.describe_alert(a, r) || jsonb_build_object(
+             'webhook_url', case when a.id = any(v_deliver) then r.webhook_url end,
+             'new', a.id = any(v_changed)) order by a.id)
+    from workflow.alerts a join workflow.alert_rules r on r.id = a.rule_id
+    where a.id = any(v_changed) or a.id = any(v_deliver)), '[]');
+end
+$$;
+
+create or replace function workflow.describe_alert(p_alert workflow.alerts,
+                                                   p_rule workflow.alert_rules) returns jsonb
+language sql
+stable
+set search_path = ''
+as $$
+  select jsonb_build_object(
+    'alert_id', p_alert.id, 'rule_id', p_alert.rule_id, 'kind', p_rule.kind,
+    'description', p_rule.description, 'subject', p_alert.subject, 'status', p_alert.status,
+    'value', p_alert.value, 'threshold', p_rule.threshold, 'fired_at', p_alert.fired_at,
+    'resolved_at', p_alert.resolved_at)
+$$;
+
+-- Deliveries that went through: [{"alert_id", "status"}]; each is delivered once.
+create or replace function workflow.mark_alerts_delivered(p_deliveries jsonb) returns void
+language sql
+set search_path = ''
+as $$
+  update workflow.alerts a set
+    fire_delivered_at = case when d ->> 'status' = 'firing'
+                             then coalesce(a.fire_delivered_at, now()) else a.fire_delivered_at end,
+    resolve_delivered_at = case when d ->> 'status' = 'resolved'
+                                then coalesce(a.resolve_delivered_at, now())
+                                else a.resolve_delivered_at end,
+    delivery_claimed_until = null
+  from jsonb_array_elements(p_deliveries) d
+  where a.id = (d ->> 'alert_id')::bigint
+$$;
+
+create or replace function workflow.put_alert_rule(
+  p_rule_id text, p_kind text, p_description text, p_threshold double precision,
+  p_window_s integer, p_min_volume integer, p_enabled boolean, p_webhook_url text,
+  p_claims jsonb
+) returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_row workflow.alert_rules;
+begin
+  perform workflow.require_operator(p_claims);
+  perform workflow.check_object_id(p_rule_id, 'rule id');
+  insert into workflow.alert_rules as r (id, kind, description, threshold, window_s,
+                                         min_volume, enabled, webhook_url)
+  values (p_rule_id, p_kind, p_description, p_threshold, p_window_s, p_min_volume, p_enabled,
+          p_webhook_url)
+  on conflict (id) do update set kind = excluded.kind, description = excluded.description,
+    threshold = excluded.threshold, window_s = excluded.window_s,
+    min_volume = excluded.min_volume, enabled = excluded.enabled,
+    webhook_url = excluded.webhook_url, updated_at = now()
+  returning * into v_row;
+  return to_jsonb(v_row) - 'id' || jsonb_build_object('rule_id', v_row.id);
+end
+$$;
+
+create or replace function workflow.list_alert_rules(p_claims jsonb) returns jsonb
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  perform workflow.require_operator(p_claims);
+  return coalesce((select jsonb_agg(to_jsonb(r) - 'id' || jsonb_build_object('rule_id', r.id)
+                                    order by r.id) from workflow.alert_rules r), '[]');
+end
+$$;
+
+-- The firing alerts (p_all: and the last 100 resolved), newest first.
+create or replace function workflow.list_alerts(p_claims jsonb, p_all boolean) returns jsonb
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  perform workflow.require_operator(p_claims);
+  return coalesce((
+    select jsonb_agg(workflow.describe_alert(a, r) order by a.fired_at desc, a.id desc)
+    from (select * from workflow.alerts where status = 'firing'
+          union all
+          (select * from workflow.alerts where p_all and status = 'resolved'
+           order by fired_at desc limit 100)) a
+    join workflow.alert_rules r on r.id = a.rule_id), '[]');
+end
+$$;
+
+-- Metrics and alerts span every tenant: the service role (or the internal credential,
+-- which the functions turn into service claims), or an admin of no tenant.
+create or replace function workflow.require_operator(p_claims jsonb) returns void
+language plpgsql
+stable
 set search_path = ''
 as $$
 begin
   if not (workflow.claims_service(p_claims)
           or (workflow.claims_admin(p_claims) and workflow.claims_tenant(p_claims) is null)) then
-    raise sqlstate 'PT403' using detail = 'forbidden', message = 'metrics span every tenant:'
+    raise sqlstate 'PT403' using detail = 'forbidden', message = 'this spans every tenant:'
       || ' the service-role key, the internal credential, or an admin of no tenant';
   end if;
+end
+$$;
+
+create or replace function workflow.metrics_report(p_claims jsonb) returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+begin
+  perform workflow.require_operator(p_claims);
   perform workflow.roll_up_metrics();
   return jsonb_build_object(
     'bounds', to_jsonb(workflow.duration_bounds()),
@@ -328,7 +572,10 @@ begin
     'timings', coalesce((select jsonb_agg(to_jsonb(t)) from workflow.timing_totals t), '[]'),
     'jobs', coalesce((select jsonb_agg(to_jsonb(m)) from workflow.job_metrics m
                       where m.window in ('5m', '1h')), '[]'),
-    'queue', (select to_jsonb(q) from workflow.queue_metrics q));
+    'queue', (select to_jsonb(q) from workflow.queue_metrics q),
+    'alerts', coalesce((select jsonb_agg(jsonb_build_object('rule_id', a.rule_id,
+                                                            'subject', a.subject))
+                        from workflow.alerts a where a.status = 'firing'), '[]'));
 end
 $$;
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from psycopg.types.json import Jsonb
 
 from shared.executors.webhook_call import verify_signature
 from testkit.api import Api
@@ -151,9 +152,9 @@ def test_config_errors_and_slow_passes_fire(stack: Stack, api: Api, rules: None)
     assert alerts_of(stack, "config-errors", wid) == [("firing", False, False)]
 
     put_rule(api, stack, "slow-passes", kind="slow_passes", threshold=120, window_s=900)
-    stack.sql("""select workflow.record_timings('[{"name": "pass", "label": "scheduled",
-                 "minute": "%s", "durations": [200.5]}]'::jsonb)""" % time.strftime(
-        "%Y-%m-%dT%H:%M:00Z", time.gmtime()))
+    minute = time.strftime("%Y-%m-%dT%H:%M:00Z", time.gmtime())
+    stack.sql("select workflow.record_timings(%s)", (Jsonb([
+        {"name": "pass", "label": "scheduled", "minute": minute, "durations": [200.5]}]),))
     evaluate(stack)
     ((status, value),) = stack.sql("select status, value from workflow.alerts"
                                    " where rule_id = 'slow-passes' and status = 'firing'")

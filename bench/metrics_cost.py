@@ -49,11 +49,12 @@ def write_history(stack: BenchStack, workflows: list[str], jobs: int, days: floa
               insert into workflow.jobs (workflow_id, workflow_version, status, created_at,
                                          started_at, completed_at, last_updated_at, origin)
               select (%(workflows)s::text[])[1 + g %% cardinality(%(workflows)s::text[])], 1,
-                     case when g %% 5 = 0 then 'failed' else 'completed' end,
+                     case when g %% 7 = 0 then 'failed' else 'completed' end,
                      t, t, t + d, t + d, 'sql'
-              from generate_series(1, %(n)s) g,
-                   lateral (select now() - random() * %(days)s * interval '1 day' as t,
-                                   random() * interval '2 seconds' as d) x
+              -- (random() per row: in a subquery, not an uncorrelated lateral, which runs once)
+              from (select g, now() - random() * %(days)s * interval '1 day' as t,
+                           random() * interval '2 seconds' as d
+                    from generate_series(1, %(n)s) g) x
               returning id, status, created_at, completed_at
             )
             insert into workflow.job_events (job_id, seq, event_type, step_id, attempt,

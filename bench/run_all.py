@@ -46,6 +46,8 @@ PLAN: dict[str, tuple[str, list[str]]] = {
                               "--probes", "60"]),
     "memory": ("bench.memory", ["--steps", "10000", "--cap", "180"]),
     "scale": ("bench.scale", ["--levels", "0", "100000", "1000000", "--reps", "40"]),
+    # Last: it leaves a million finished jobs in the bench cluster.
+    "metrics_cost": ("bench.metrics_cost", ["--jobs", "1000000", "--scrapes", "20"]),
 }
 QUICK: dict[str, list[str]] = {
     "cold_start": ["--runs", "2"],
@@ -55,6 +57,7 @@ QUICK: dict[str, list[str]] = {
     "peers": ["--jobs", "200", "--runs", "1", "--cap", "30", "--probes", "10"],
     "memory": ["--steps", "1000", "--cap", "45"],
     "scale": ["--levels", "0", "20000", "--reps", "10"],
+    "metrics_cost": ["--jobs", "20000", "--scrapes", "5"],
 }
 ROUNDED = ("throughput", "throughput-batch", "latency", "peers")
 # Benchmarks whose result name is fixed (latency.json): copied to <name>-r<k>.json.

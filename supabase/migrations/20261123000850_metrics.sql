@@ -161,7 +161,7 @@ begin
     return 0;
   end if;
   with ended as (
-    select date_trunc('minute', e.created_at) as minute,
+    select e.created_at,
            case when e.event_type like 'job\_%' then 'job' else 'step' end as kind,
            j.workflow_id,
            coalesce(e.step_id, '') as step_id,
@@ -178,25 +178,30 @@ begin
       and e.event_type in ('job_completed', 'job_failed', 'job_cancelled', 'step_completed',
                            'step_failed', 'step_retry_scheduled')
   ), cells as (
-    select minute, kind, workflow_id, step_id, transformer_id, outcome, error_type,
+    -- Per minute only for what the windows can still see (the last two days).
+    select case when created_at >= now() - interval '2 days'
+                then date_trunc('minute', created_at) end as minute,
+           kind, workflow_id, step_id, transformer_id, outcome, error_type,
            workflow.duration_bucket(duration_s) as bucket, count(*) as n, sum(duration_s) as total
     from ended group by 1, 2, 3, 4, 5, 6, 7, 8
-  ), batch as (
-    select minute, kind, workflow_id, step_id, transformer_id, outcome, error_type,
-           sum(n)::bigint as count, sum(total) as duration_sum,
-           workflow.bucket_counts(array_agg(bucket), array_agg(n)) as duration_buckets
-    from cells group by 1, 2, 3, 4, 5, 6, 7
   ), minutes as (
-    insert into workflow.metric_rollups as r select * from batch
+    insert into workflow.metric_rollups as r
+    select minute, kind, workflow_id, step_id, transformer_id, outcome, error_type,
+           sum(n)::bigint, sum(total), workflow.bucket_counts(array_agg(bucket), array_agg(n))
+    from cells where minute is not null group by 1, 2, 3, 4, 5, 6, 7
     on conflict (minute, kind, workflow_id, step_id, transformer_id, outcome, error_type)
     do update set count = r.count + excluded.count,
       duration_sum = r.duration_sum + excluded.duration_sum,
       duration_buckets = workflow.add_buckets(r.duration_buckets, excluded.duration_buckets)
+  ), series as (
+    select kind, workflow_id, step_id, transformer_id, outcome, error_type, bucket,
+           sum(n) as n, sum(total) as total
+    from cells group by 1, 2, 3, 4, 5, 6, 7
   )
   insert into workflow.metric_totals as t
-  select kind, workflow_id, step_id, transformer_id, outcome, error_type, sum(count),
-         sum(duration_sum), workflow.bucket_sum(duration_buckets)
-  from batch group by 1, 2, 3, 4, 5, 6
+  select kind, workflow_id, step_id, transformer_id, outcome, error_type, sum(n)::bigint,
+         sum(total), workflow.bucket_counts(array_agg(bucket), array_agg(n::bigint))
+  from series group by 1, 2, 3, 4, 5, 6
   on conflict (kind, workflow_id, step_id, transformer_id, outcome, error_type)
   do update set count = t.count + excluded.count,
     duration_sum = t.duration_sum + excluded.duration_sum,

@@ -58,6 +58,9 @@ class Settings:
     # How often a process sends the timings it measured (API requests, passes) to the
     # database; what it holds when it dies unflushed is lost (at most this long's).
     metrics_flush_s: float = 10.0
+    # Whether the executors log each step's inputs and output (seed 002's optional
+    # input/output logging). Off by default: they may hold personal data.
+    log_step_data: bool = False
 
     @property
     def rest_url(self) -> str:
@@ -93,6 +96,7 @@ def settings() -> Settings:
         gemini_base_url=env.get("GEMINI_BASE_URL", ""),
         allowed_hosts=env.get(ALLOWED_HOSTS_ENV, ""),
         metrics_flush_s=_float("SUPAFLOW_METRICS_FLUSH_S", 10.0),
+        log_step_data=env.get("SUPAFLOW_LOG_STEP_DATA", "").lower() in ("1", "true", "yes"),
     )
 
 

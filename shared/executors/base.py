@@ -31,8 +31,11 @@ class StepContext:
     timeout_s: float
     started: float = field(default_factory=time.monotonic)
 
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self.started
+
     def remaining_s(self) -> float:
-        return max(0.0, self.timeout_s - (time.monotonic() - self.started))
+        return max(0.0, self.timeout_s - self.elapsed_s())
 
     def log_keys(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "step_id": self.step_id, "attempt": self.attempt}

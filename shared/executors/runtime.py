@@ -67,22 +67,26 @@ def run_step(execute: Execute, step: StepRequest) -> StepOutcome:
     """One attempt, start to outcome; never raises."""
     ctx = StepContext(job_id=str(step.job_id), step_id=step.step_id, attempt=step.attempt,
                       transformer_id=step.transformer.id, timeout_s=step.timeout_s)
-    keys = ctx.log_keys()
+    keys = {**ctx.log_keys(), "transformer": step.transformer.id}
+    data = settings().log_step_data
     job_id, lease_token = str(step.job_id), str(step.lease_token)
-    logger.info("step started", extra={**keys, "transformer": step.transformer.id})
+    logger.info("step started", extra={**keys, **({"inputs": step.inputs} if data else {})})
     try:
         output = execute(step.transformer.config, step.inputs, ctx)
         check_output(output)
     except StepError as exc:
         logger.warning("step failed", extra={**keys, "error": exc.message, "retryable": exc.retryable,
                                              "error_type": exc.error_type,
-                                             "transformer": step.transformer.id})
+                                             "duration_s": round(ctx.elapsed_s(), 3)})
         return StepOutcome(job_id=job_id, step_id=step.step_id, lease_token=lease_token,
                            error=exc.message, retryable=exc.retryable, error_type=exc.error_type)
     except Exception as exc:  # noqa: BLE001 - any bug in a step is a failed, retryable attempt
-        logger.exception("step raised", extra=keys)
+        logger.exception("step raised", extra={**keys, "error_type": "executor",
+                                               "duration_s": round(ctx.elapsed_s(), 3)})
         return StepOutcome(job_id=job_id, step_id=step.step_id, lease_token=lease_token,
                            error=f"{type(exc).__name__}: {exc}", retryable=True)
+    logger.info("step succeeded", extra={**keys, "duration_s": round(ctx.elapsed_s(), 3),
+                                         **({"output": output} if data else {})})
     final = None
     if step.finish is not None:  # the job's last step: its final result is built here
         final = state.final_entry(step.finish.output_mapping, step.finish.input_data,

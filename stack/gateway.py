@@ -34,6 +34,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import httpx
+import jwt
 import psycopg
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -198,6 +199,15 @@ def build_app(cfg: StackConfig) -> Starlette:
     async def health(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    def upsert_user(email: str) -> str:
+        """The local user with this email, created if new (Supabase Auth's sign-up)."""
+        with psycopg.connect(postgres.database_url(cfg, sec), autocommit=True) as conn:
+            row = conn.execute(
+                "insert into auth.users (id, email) values (gen_random_uuid(), %s)"
+                " on conflict (email) do update set email = excluded.email returning id",
+                (email,)).fetchone()
+            return str(row[0]) if row else ""
+
     async def local_user(request: Request) -> Response:
         """The local stack's stand-in for Supabase Auth's sign-up (`supaflow token`): the user
         with this email, created if new. Service-role key only; never deployed."""
@@ -211,15 +221,29 @@ def build_app(cfg: StackConfig) -> Starlette:
         if not 3 <= len(email) <= 254 or "@" not in email:
             return JSONResponse({"error": {"code": "bad_request", "message": "email"}}, 400)
 
-        def upsert() -> str:
-            with psycopg.connect(postgres.database_url(cfg, sec), autocommit=True) as conn:
-                row = conn.execute(
-                    "insert into auth.users (id, email) values (gen_random_uuid(), %s)"
-                    " on conflict (email) do update set email = excluded.email returning id",
-                    (email,)).fetchone()
-                return str(row[0]) if row else ""
+        return JSONResponse({"id": await anyio.to_thread.run_sync(upsert_user, email),
+                             "email": email})
 
-        return JSONResponse({"id": await anyio.to_thread.run_sync(upsert), "email": email})
+    async def local_sign_in(request: Request) -> Response:
+        """The dashboard's "sign in as a local user" (GET: whether this is offered). Local
+        stack only, bound to 127.0.0.1; a deployment signs in with Supabase Auth."""
+        if request.method == "GET":
+            return JSONResponse({"local": True})
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        email = str(body.get("email", "")) if isinstance(body, dict) else ""
+        if not 3 <= len(email) <= 254 or "@" not in email:
+            return JSONResponse({"error": {"code": "bad_request", "message": "email"}}, 400)
+
+        user_id = await anyio.to_thread.run_sync(upsert_user, email)
+        now = int(time.time())
+        app_metadata = {"supaflow_role": "admin"} if body.get("admin") is True else {}
+        token = jwt.encode({"sub": user_id, "role": "authenticated", "aud": "authenticated",
+                            "email": email, "app_metadata": app_metadata, "iat": now,
+                            "exp": now + 3600}, sec.jwt_secret, algorithm="HS256")
+        return JSONResponse({"id": user_id, "email": email, "token": token})
 
     async def rest_proxy(request: Request) -> Response:
         path = request.path_params["path"]
@@ -235,6 +259,7 @@ def build_app(cfg: StackConfig) -> Starlette:
         StarletteRoute("/_gateway/health", health),
         StarletteRoute("/auth/v1/.well-known/jwks.json", jwks_endpoint),
         StarletteRoute("/_stack/users", local_user, methods=["POST"]),
+        StarletteRoute("/_stack/sign-in", local_sign_in, methods=["GET", "POST"]),
         StarletteRoute(
             "/rest/v1/{path:path}", rest_proxy,
             methods=["GET", "POST", "PATCH", "PUT", "DELETE", "HEAD", "OPTIONS"],

@@ -67,7 +67,9 @@ def operations() -> dict[str, tuple[str, str]]:
     found = {}
     for template, item in load_openapi()["paths"].items():
         for method, operation in item.items():
-            if isinstance(operation, dict) and "operationId" in operation:
+            # (x-client: false: a web page's routes, not an API for clients)
+            if isinstance(operation, dict) and "operationId" in operation \
+                    and operation.get("x-client", True):
                 found[operation["operationId"]] = (method.upper(), template)
     return found
 

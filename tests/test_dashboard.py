@@ -1,0 +1,113 @@
+"""The dashboard (GET /dashboard) in a real headless Chromium (Debian's, driven by
+Playwright) against the real stack: sign in, see a completed and a failed job, open the
+failed job's DAG, retry it and watch it complete. Screenshots go to .artifacts/ and are
+checked for content (not blank, the job's id on the page)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import struct
+import uuid
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from testkit.jobs import wait_status
+from testkit.stack import Stack
+from testkit.workflows import chain, create_workflow, failing_transformer
+
+SCREENSHOTS = Path(__file__).resolve().parent.parent / ".artifacts" / "screenshots"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    assert Path(CHROMIUM).exists(), "Debian's chromium is missing: make setup installs it"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+def distinct_pixel_bytes(png: bytes) -> int:
+    """How many different byte values the image's pixel data holds (a blank page: ~1)."""
+    pos, data = 8, b""
+    while pos < len(png):
+        length, kind = struct.unpack(">I4s", png[pos:pos + 8])
+        if kind == b"IDAT":
+            data += png[pos + 8:pos + 8 + length]
+        pos += 12 + length
+    return len(set(zlib.decompress(data)))
+
+
+def shot(page: Page, name: str) -> bytes:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    png = page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+    assert distinct_pixel_bytes(png) > 20, f"{name}: the screenshot is blank"
+    return png
+
+
+def test_the_page_and_its_files_are_served_without_a_cdn(stack: Stack) -> None:
+    page = httpx.get(f"{stack.api_url}/dashboard")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert not re.search(r"(src|href)=\"https?://", page.text), "no file from another origin"
+    for name, kind in (("app.js", "text/javascript"), ("style.css", "text/css")):
+        asset = httpx.get(f"{stack.api_url}/dashboard/{name}")
+        assert asset.status_code == 200 and asset.headers["content-type"].startswith(kind)
+    assert httpx.get(f"{stack.api_url}/dashboard/..%2Fapp.py").status_code == 404
+    assert httpx.get(f"{stack.api_url}/dashboard/secrets.json").status_code == 404
+
+
+def test_sign_in_see_jobs_open_a_failed_one_and_retry_it(stack: Stack, browser: Browser) -> None:
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    email = f"dash-{uuid.uuid4().hex[:8]}@example.test"
+    page.goto(f"{stack.api_url}/dashboard")
+    page.get_by_test_id("local-email").fill(email)
+    page.get_by_test_id("local-sign-in").click()
+    expect(page.get_by_test_id("who")).to_have_text(email)
+
+    ((user_id,),) = stack.sql("select id::text from auth.users where email = %s", (email,))
+    token = stack.token(user_id)
+    flaky = failing_transformer(stack, retryable=False, message="the mail server is down")
+    good_wf = create_workflow(stack, chain(2))
+    flaky_wf = create_workflow(stack, {"steps": [
+        {"id": "prepare", "transformer": "transform"},
+        {"id": "send", "transformer": flaky, "depends_on": ["prepare"]}]})
+    jobs = {}
+    for name, wid in (("good", good_wf), ("flaky", flaky_wf)):
+        started = httpx.post(f"{stack.api_url}/workflows/start", headers={
+            "Authorization": f"Bearer {token}"}, json={"workflow_id": wid, "input_data": {"n": 1}})
+        assert started.status_code == 202, started.text
+        jobs[name] = started.json()["job_id"]
+    assert wait_status(stack, jobs["good"], "completed", 30) == "completed"
+    assert wait_status(stack, jobs["flaky"], "failed", 30) == "failed"
+
+    page.reload()
+    table = page.get_by_test_id("jobs-table")
+    expect(table.locator("tr[data-status=completed]")).to_contain_text(jobs["good"])
+    expect(table.locator("tr[data-status=failed]")).to_contain_text(jobs["flaky"])
+    shot(page, "jobs")
+
+    page.get_by_role("link", name=jobs["flaky"]).click()
+    expect(page.get_by_test_id("job-id")).to_have_text(jobs["flaky"])
+    expect(page.get_by_test_id("job-status")).to_have_text("failed")
+    dag = page.get_by_test_id("dag")
+    expect(dag.locator("g[data-step=prepare]")).to_have_attribute("data-status", "completed")
+    expect(dag.locator("g[data-step=send]")).to_have_attribute("data-status", "failed")
+    expect(page.get_by_test_id("events")).to_contain_text("the mail server is down")
+    shot(page, "failed-job")
+    assert jobs["flaky"] in page.inner_text("body")
+
+    # The mail server is back: retry, and the page follows the job to completion.
+    stack.sql("update workflow.transformers set config = '{}' where id = %s", (flaky,))
+    page.get_by_test_id("retry").click()
+    expect(page.get_by_test_id("job-status")).to_have_text("completed", timeout=30_000)
+    expect(dag.locator("g[data-step=send]")).to_have_attribute("data-status", "completed")
+    shot(page, "retried-job")
+    page.close()

@@ -199,3 +199,10 @@ def events(caller: Caller, job_id: str, query: dict[str, str]) -> dict[str, Any]
     page = rows[:limit]
     return {"job_id": job_id, "events": page,
             "next_after": page[-1]["seq"] if len(rows) > limit else None}
+
+
+def stats(caller: Caller) -> dict[str, Any]:
+    """GET /stats: the dashboard's overview for the caller (SQL dashboard_stats decides
+    whose jobs: everyone's for operators, the tenant's for its admins, else their own)."""
+    return db.obj(db.rpc("dashboard_stats", {
+        "p_claims": caller.claims, "p_user_id": caller.user.id if caller.user else None}))

@@ -89,6 +89,11 @@ def test_sign_in_see_jobs_open_a_failed_one_and_retry_it(stack: Stack, browser: 
     assert wait_status(stack, jobs["flaky"], "failed", 30) == "failed"
 
     page.reload()
+    counts = page.get_by_test_id("counts")
+    expect(counts.locator("li[data-status=completed]")).to_have_text("completed: 1")
+    expect(counts.locator("li[data-status=failed]")).to_have_text("failed: 1")
+    expect(page.get_by_test_id("failure-rate")).to_have_text("50%")
+    expect(page.get_by_test_id("throughput").locator("rect.finished")).not_to_have_count(0)
     table = page.get_by_test_id("jobs-table")
     expect(table.locator("tr[data-status=completed]")).to_contain_text(jobs["good"])
     expect(table.locator("tr[data-status=failed]")).to_contain_text(jobs["flaky"])
@@ -111,3 +116,60 @@ def test_sign_in_see_jobs_open_a_failed_one_and_retry_it(stack: Stack, browser: 
     expect(dag.locator("g[data-step=send]")).to_have_attribute("data-status", "completed")
     shot(page, "retried-job")
     page.close()
+
+
+def test_an_operator_sees_an_alert_fire(stack: Stack, browser: Browser) -> None:
+    (saved,) = stack.sql("select min_volume from workflow.alert_rules where id = 'high-failure-rate'")
+    stack.sql("update workflow.alert_rules set min_volume = 1 where id = 'high-failure-rate'")
+    try:
+        user = stack.create_user()
+        wid = create_workflow(stack, {"steps": [{"id": "s", "transformer": failing_transformer(
+            stack, retryable=False, message="down")}]}, prefix="dash-alert")
+        started = httpx.post(f"{stack.api_url}/workflows/start", json={
+            "workflow_id": wid, "input_data": {}}, headers={"Authorization": f"Bearer {user.token}"})
+        assert wait_status(stack, started.json()["job_id"], "failed", 30) == "failed"
+        evaluated = httpx.post(f"{stack.api_url}/internal/orchestrator", json={"reason": "manual"},
+                               headers={"Authorization": f"Bearer {stack.sec.internal_token}"},
+                               timeout=120)
+        assert evaluated.status_code == 200, evaluated.text
+
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto(f"{stack.api_url}/dashboard")
+        page.get_by_test_id("local-email").fill(f"ops-{uuid.uuid4().hex[:6]}@example.test")
+        page.get_by_label("admin").check()
+        page.get_by_test_id("local-sign-in").click()
+        alerts = page.get_by_test_id("alerts")
+        expect(alerts).to_be_visible()
+        expect(alerts.locator("li[data-rule=high-failure-rate]", has_text=wid)).to_have_count(1)
+        shot(page, "alerts")
+        page.close()
+    finally:
+        stack.sql("update workflow.alert_rules set min_volume = %s where id = 'high-failure-rate'",
+                  (saved[0],))
+
+
+def test_stats_show_each_caller_only_what_they_may_see(stack: Stack) -> None:
+    tenant = f"t-{uuid.uuid4().hex[:6]}"
+    worker, stranger = stack.create_user(), stack.create_user()
+    worker_token = stack.token(worker.id, app_metadata={"tenant_id": tenant})
+    admin = stack.create_user()
+    admin_token = stack.token(admin.id, app_metadata={"tenant_id": tenant,
+                                                      "supaflow_role": "admin"})
+    wid = create_workflow(stack, chain(1))
+    started = httpx.post(f"{stack.api_url}/workflows/start", json={
+        "workflow_id": wid, "input_data": {"n": 1}}, headers={"Authorization": f"Bearer {worker_token}"})
+    assert wait_status(stack, started.json()["job_id"], "completed", 30) == "completed"
+
+    def stats(token: str) -> dict[str, object]:
+        response = httpx.get(f"{stack.api_url}/stats", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 200, response.text
+        answer: dict[str, object] = response.json()
+        return answer
+
+    assert stats(worker_token)["counts"] == {"completed": 1}
+    assert stats(worker_token)["scope"] == "own"
+    assert stats(stranger.token)["counts"] == {}
+    assert stats(admin_token) == {**stats(admin_token), "scope": "tenant",
+                                  "counts": {"completed": 1}}
+    assert stats(stack.sec.service_role_key)["scope"] == "all"
+    assert httpx.get(f"{stack.api_url}/stats").status_code == 401

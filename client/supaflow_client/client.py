@@ -80,6 +80,7 @@ OPERATIONS: dict[str, str] = {
     "listAlerts": "list_alerts",
     "listAlertRules": "list_alert_rules",
     "putAlertRule": "put_alert_rule",
+    "getStats": "stats",
 }
 
 
@@ -513,6 +514,11 @@ class _Api[H: (httpx.Client, httpx.AsyncClient), R, I](ABC):
         """GET /metrics (the service-role key or the internal credential):
         `{"text": <Prometheus' text format>}`."""
         return self._execute(_Call("GET", "/metrics", text=True))
+
+    def stats(self) -> R:
+        """GET /stats: `{"scope", "counts": {status: n}, "minutes": [{minute, finished,
+        failed}]}` for the jobs the caller sees."""
+        return self._execute(_Call("GET", "/stats"))
 
     def list_alerts(self, *, include_resolved: bool = False) -> R:
         """GET /alerts (operators): `{"alerts": [...]}` firing now (and the last 100

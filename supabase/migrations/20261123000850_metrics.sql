@@ -586,3 +586,60 @@ $$;
 
 -- Rolled up every minute, whether or not anyone scrapes (the alerts read the rollups).
 select cron.schedule('supaflow-metrics', '* * * * *', 'select workflow.roll_up_metrics()');
+
+-- The dashboard's overview for one caller: job counts by status and, per minute over the
+-- last hour, jobs finished and failed. Operators (service role, admin of no tenant) read
+-- the rollups and the active-status index; a tenant admin their tenant's jobs; a user
+-- their own (both through an index on the owner and the creation time).
+create or replace function workflow.dashboard_stats(p_claims jsonb, p_user_id uuid)
+returns jsonb
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  v_operator boolean := workflow.claims_service(p_claims)
+    or (workflow.claims_admin(p_claims) and workflow.claims_tenant(p_claims) is null);
+  v_tenant text := case when workflow.claims_admin(p_claims)
+                        then workflow.claims_tenant(p_claims) end;
+  v_since timestamptz := date_trunc('minute', now()) - interval '59 minutes';
+begin
+  if v_operator then
+    return jsonb_build_object(
+      'scope', 'all',
+      'counts', (select jsonb_object_agg(status, n) from (
+          select j.status, count(*) as n from workflow.jobs j
+          where j.status in ('pending', 'running', 'awaiting_retry') group by j.status
+          union all
+          select t.outcome, sum(t.count) from workflow.metric_totals t
+          where t.kind = 'job' group by t.outcome) c),
+      'minutes', (select coalesce(jsonb_agg(jsonb_build_object('minute', m.minute,
+                    'finished', m.finished, 'failed', m.failed) order by m.minute), '[]')
+                  from (select r.minute, sum(r.count) as finished,
+                               coalesce(sum(r.count) filter (where r.outcome = 'failed'), 0)
+                                 as failed
+                        from workflow.metric_rollups r
+                        where r.kind = 'job' and r.minute >= v_since group by r.minute) m));
+  end if;
+  if p_user_id is null and v_tenant is null then
+    raise sqlstate 'PT403' using detail = 'forbidden', message = 'a user or an admin only';
+  end if;
+  return jsonb_build_object(
+    'scope', case when v_tenant is not null then 'tenant' else 'own' end,
+    'counts', (select coalesce(jsonb_object_agg(status, n), '{}') from (
+        select j.status, count(*) as n from workflow.jobs j
+        where (v_tenant is not null and j.tenant_id = v_tenant)
+           or (v_tenant is null and j.user_id = p_user_id)
+        group by j.status) c),
+    'minutes', (select coalesce(jsonb_agg(jsonb_build_object('minute', m.minute,
+                  'finished', m.finished, 'failed', m.failed) order by m.minute), '[]')
+                from (select date_trunc('minute', j.completed_at) as minute, count(*) as finished,
+                             count(*) filter (where j.status = 'failed') as failed
+                      from workflow.jobs j
+                      where ((v_tenant is not null and j.tenant_id = v_tenant)
+                             or (v_tenant is null and j.user_id = p_user_id))
+                        and j.created_at >= v_since - interval '1 hour'
+                        and j.completed_at >= v_since
+                      group by 1) m));
+end
+$$;

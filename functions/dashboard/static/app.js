@@ -83,7 +83,8 @@ async function route() {
 
 async function showJobs(cursor) {
   show("jobs");
-  const query = new URLSearchParams({ limit: "50", scope: $("scope").value });
+  if (!cursor) await Promise.all([showOverview(), showAlerts()]);
+  const query = new URLSearchParams({ limit: "50", scope: $("job-scope").value });
   if ($("status").value) query.set("status", $("status").value);
   if ($("workflow").value.trim()) query.set("workflow_id", $("workflow").value.trim());
   if (cursor) query.set("cursor", cursor);
@@ -97,6 +98,54 @@ async function showJobs(cursor) {
     el("td", {}, new Date(job.created_at).toLocaleString()))));
   state.cursor = page.next_cursor;
   $("next-page").hidden = !page.next_cursor;
+}
+
+// The overview: counts, throughput and failures per minute, alerts ---------------------
+
+async function showOverview() {
+  const stats = await call("GET", "/stats");
+  $("scope").textContent = { all: "(everyone's jobs)", tenant: "(your tenant's jobs)",
+                             own: "(your jobs)" }[stats.scope] || "";
+  const counts = stats.counts || {};
+  $("counts").replaceChildren(...["pending", "running", "awaiting_retry", "completed", "failed",
+                                   "cancelled"].map((status) =>
+    el("li", { class: `status ${status}`, "data-status": status },
+       `${status.replace("_", " ")}: ${counts[status] || 0}`)));
+  const minutes = stats.minutes;
+  const finished = minutes.reduce((n, m) => n + m.finished, 0);
+  const failed = minutes.reduce((n, m) => n + m.failed, 0);
+  $("failure-rate").textContent = finished ? `${Math.round((100 * failed) / finished)}%` : "-";
+  const chart = $("throughput");
+  const width = 600, height = 120, slot = width / 60;
+  const top = Math.max(1, ...minutes.map((m) => m.finished));
+  const start = Date.now() - 59 * 60_000;
+  const bars = [];
+  for (const m of minutes) {
+    const x = Math.max(0, Math.floor((Date.parse(m.minute) - start) / 60_000) + 1) * slot;
+    const h = (m.finished / top) * (height - 10);
+    const f = (m.failed / top) * (height - 10);
+    bars.push(svg("rect", { x, y: height - h, width: slot - 1, height: h, class: "finished" }),
+              svg("rect", { x, y: height - f, width: slot - 1, height: f, class: "failed" }));
+  }
+  chart.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  chart.setAttribute("width", width);
+  chart.setAttribute("height", height);
+  chart.replaceChildren(...bars);
+}
+
+async function showAlerts() {
+  let alerts;
+  try {
+    alerts = (await call("GET", "/alerts")).alerts;
+  } catch {
+    $("alerts").hidden = true;  // only operators see alerts
+    return;
+  }
+  $("alerts").hidden = alerts.length === 0;
+  $("alert-list").replaceChildren(...alerts.map((a) => el("li", { "data-rule": a.rule_id },
+    `${a.rule_id}${a.subject ? ` (${a.subject})` : ""}: ${a.description || a.kind}`
+      + ` - value ${Math.round(a.value * 1000) / 1000} over ${a.threshold},`
+      + ` since ${new Date(a.fired_at).toLocaleTimeString()}`)));
 }
 
 // One job: its DAG, its timeline, cancel and retry ------------------------------------

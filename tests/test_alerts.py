@@ -181,3 +181,27 @@ def test_alert_routes_are_the_operators(stack: Stack, api: Api) -> None:
         refused = api.request("PUT", "/alert-rules/new-rule", stack.sec.service_role_key, json=body)
         assert refused.status_code == 400 and word in refused.json()["error"]["message"], refused.text
     assert stack.sql("select count(*) from workflow.alert_rules where id = 'new-rule'") == [(0,)]
+
+
+def test_a_trigger_that_cannot_start_its_workflow_fires_an_alert(
+        stack: Stack, api: Api, rules: None) -> None:
+    """Issue 13's promise: a failed start never blocks the row change, and is alerted."""
+    table = f"public.alert_rows_{uuid.uuid4().hex[:8]}"
+    stack.sql(f"create table {table} (id bigserial primary key, note text)")
+    trigger_id = f"tr-{uuid.uuid4().hex[:8]}"
+    try:
+        wid = create_workflow(stack, {"steps": [{"id": "s", "transformer": "transform"}]})
+        attached = api.request("PUT", f"/triggers/{trigger_id}", stack.sec.service_role_key,
+                               json={"workflow_id": wid, "table": table, "events": ["INSERT"]})
+        assert attached.status_code == 200, attached.text
+        stack.sql("update workflow.workflows set is_active = false where id = %s", (wid,))
+        stack.sql(f"insert into {table} (note) values ('kept')")
+        assert stack.sql(f"select count(*) from {table}") == [(1,)]
+        evaluate(stack)
+        ((status, value),) = [row[:2] for row in stack.sql(
+            "select status, value from workflow.alerts where rule_id = 'trigger-failures'"
+            " and subject = %s", (trigger_id,))]
+        assert (status, value) == ("firing", 1)
+    finally:
+        api.request("DELETE", f"/triggers/{trigger_id}", stack.sec.service_role_key)
+        stack.sql(f"drop table if exists {table}")

@@ -141,6 +141,9 @@ def test_an_operator_sees_an_alert_fire(stack: Stack, browser: Browser) -> None:
         alerts = page.get_by_test_id("alerts")
         expect(alerts).to_be_visible()
         expect(alerts.locator("li[data-rule=high-failure-rate]", has_text=wid)).to_have_count(1)
+        queue = page.get_by_test_id("queue")  # sampled by the roll-up the evaluation ran
+        expect(queue).to_be_visible()
+        expect(queue.locator("rect.depth")).not_to_have_count(0)
         shot(page, "alerts")
         page.close()
     finally:
@@ -171,5 +174,7 @@ def test_stats_show_each_caller_only_what_they_may_see(stack: Stack) -> None:
     assert stats(stranger.token)["counts"] == {}
     assert stats(admin_token) == {**stats(admin_token), "scope": "tenant",
                                   "counts": {"completed": 1}}
-    assert stats(stack.sec.service_role_key)["scope"] == "all"
+    everyone = stats(stack.sec.service_role_key)
+    assert everyone["scope"] == "all" and isinstance(everyone["queue"], list)
+    assert "queue" not in stats(worker_token), "the queue is everyone's: operators only"
     assert httpx.get(f"{stack.api_url}/stats").status_code == 401

@@ -32,6 +32,7 @@ create table workflow.trigger_failures (
   error text not null,
   created_at timestamptz not null default now()
 );
+create index trigger_failures_created_idx on workflow.trigger_failures (created_at);
 
 alter table workflow.event_triggers enable row level security;
 alter table workflow.trigger_failures enable row level security;

@@ -138,6 +138,15 @@ create table workflow.timing_totals (
   primary key (name, label)
 );
 
+-- The queue, sampled once a minute by the roll-up (the dashboard's queue depth over time).
+create table workflow.queue_samples (
+  minute timestamptz primary key,
+  pending_jobs bigint not null,
+  running_jobs bigint not null,
+  awaiting_retry_jobs bigint not null,
+  ready_steps bigint not null
+);
+alter table workflow.queue_samples enable row level security;
 alter table workflow.metric_rollups enable row level security;
 alter table workflow.metric_totals enable row level security;
 alter table workflow.metric_cursor enable row level security;
@@ -209,6 +218,12 @@ begin
   get diagnostics v_count = row_count;
   delete from workflow.metric_rollups where minute < now() - interval '2 days';
   delete from workflow.timing_rollups where minute < now() - interval '2 days';
+  insert into workflow.queue_samples
+  select date_trunc('minute', now()), q.pending_jobs, q.running_jobs, q.awaiting_retry_jobs,
+         q.ready_steps
+  from workflow.queue_metrics q
+  on conflict (minute) do nothing;
+  delete from workflow.queue_samples where minute < now() - interval '2 days';
   update workflow.metric_cursor set rolled_up_to = v_to;
   return v_count;
 end
@@ -326,12 +341,14 @@ create or replace view workflow.queue_metrics with (security_invoker = true) as
 --   than the window (value and volume: how many);
 -- - slow_passes: the longest orchestrator pass in the window, in seconds (volume: passes);
 -- - config_errors: attempts of a workflow failed because a transformer's configuration
---   could not be found or used (error type config; value and volume: how many).
+--   could not be found or used (error type config; value and volume: how many);
+-- - trigger_failures: row changes whose trigger could not start its workflow (the
+--   change committed; workflow.trigger_failures), per trigger.
 
 create table workflow.alert_rules (
   id workflow.object_id primary key,
-  kind text not null
-    check (kind in ('failure_rate', 'stalled_jobs', 'slow_passes', 'config_errors')),
+  kind text not null check (kind in ('failure_rate', 'stalled_jobs', 'slow_passes',
+                                     'config_errors', 'trigger_failures')),
   description text check (char_length(description) <= 500),
   threshold double precision not null check (threshold between 0 and 1e9),
   window_s integer not null check (window_s between 60 and 86400),
@@ -348,7 +365,9 @@ insert into workflow.alert_rules (id, kind, description, threshold, window_s, mi
   ('slow-passes', 'slow_passes',
    'An orchestrator pass ran over 2 minutes in the last 15 (its budget is 1)', 120, 900, 1),
   ('config-errors', 'config_errors',
-   'Steps failed because a transformer''s configuration is missing or unusable', 0, 900, 1);
+   'Steps failed because a transformer''s configuration is missing or unusable', 0, 900, 1),
+  ('trigger-failures', 'trigger_failures',
+   'A database trigger could not start its workflow (the row change committed)', 0, 900, 1);
 
 create table workflow.alerts (
   id bigint generated always as identity primary key,
@@ -408,6 +427,13 @@ as $$
     and m.minute >= date_trunc('minute', now() - make_interval(secs => r.window_s))
   where r.enabled and r.kind = 'config_errors'
   group by r.id, m.workflow_id
+  union all
+  select r.id, f.trigger_id, count(*), count(*)
+  from workflow.alert_rules r
+  join workflow.trigger_failures f
+    on f.created_at >= now() - make_interval(secs => r.window_s)
+  where r.enabled and r.kind = 'trigger_failures'
+  group by r.id, f.trigger_id
 $$;
 
 -- Records what fired and what resolved since the last evaluation (one evaluator at a
@@ -619,7 +645,9 @@ begin
                                coalesce(sum(r.count) filter (where r.outcome = 'failed'), 0)
                                  as failed
                         from workflow.metric_rollups r
-                        where r.kind = 'job' and r.minute >= v_since group by r.minute) m));
+                        where r.kind = 'job' and r.minute >= v_since group by r.minute) m),
+      'queue', (select coalesce(jsonb_agg(to_jsonb(q) order by q.minute), '[]')
+                from workflow.queue_samples q where q.minute >= v_since));
   end if;
   if p_user_id is null and v_tenant is null then
     raise sqlstate 'PT403' using detail = 'forbidden', message = 'a user or an admin only';

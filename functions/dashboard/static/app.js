@@ -115,17 +115,27 @@ async function showOverview() {
   const finished = minutes.reduce((n, m) => n + m.finished, 0);
   const failed = minutes.reduce((n, m) => n + m.failed, 0);
   $("failure-rate").textContent = finished ? `${Math.round((100 * failed) / finished)}%` : "-";
-  const chart = $("throughput");
+  barChart($("throughput"), minutes, [["finished", "finished"], ["failed", "failed"]]);
+  $("queue-chart").hidden = !stats.queue;
+  if (stats.queue) {
+    barChart($("queue"), stats.queue.map((q) => ({
+      minute: q.minute, depth: q.pending_jobs + q.running_jobs + q.awaiting_retry_jobs })),
+      [["depth", "depth"]]);
+  }
+}
+
+// Bars per minute over the last hour; each series drawn over the previous one.
+function barChart(chart, rows, series) {
   const width = 600, height = 120, slot = width / 60;
-  const top = Math.max(1, ...minutes.map((m) => m.finished));
+  const top = Math.max(1, ...rows.map((r) => r[series[0][0]]));
   const start = Date.now() - 59 * 60_000;
   const bars = [];
-  for (const m of minutes) {
-    const x = Math.max(0, Math.floor((Date.parse(m.minute) - start) / 60_000) + 1) * slot;
-    const h = (m.finished / top) * (height - 10);
-    const f = (m.failed / top) * (height - 10);
-    bars.push(svg("rect", { x, y: height - h, width: slot - 1, height: h, class: "finished" }),
-              svg("rect", { x, y: height - f, width: slot - 1, height: f, class: "failed" }));
+  for (const row of rows) {
+    const x = Math.max(0, Math.floor((Date.parse(row.minute) - start) / 60_000) + 1) * slot;
+    for (const [key, cls] of series) {
+      const h = (row[key] / top) * (height - 10);
+      bars.push(svg("rect", { x, y: height - h, width: slot - 1, height: h, class: cls }));
+    }
   }
   chart.setAttribute("viewBox", `0 0 ${width} ${height}`);
   chart.setAttribute("width", width);

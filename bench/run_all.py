@@ -48,6 +48,7 @@ PLAN: dict[str, tuple[str, list[str]]] = {
     "scale": ("bench.scale", ["--levels", "0", "100000", "1000000", "--reps", "40"]),
     # Last: it leaves a million finished jobs in the bench cluster.
     "metrics_cost": ("bench.metrics_cost", ["--jobs", "1000000", "--scrapes", "20"]),
+    "dashboard_cost": ("bench.dashboard_cost", ["--jobs", "100000", "--requests", "20"]),
 }
 QUICK: dict[str, list[str]] = {
     "cold_start": ["--runs", "2"],
@@ -58,6 +59,7 @@ QUICK: dict[str, list[str]] = {
     "memory": ["--steps", "1000", "--cap", "45"],
     "scale": ["--levels", "0", "20000", "--reps", "10"],
     "metrics_cost": ["--jobs", "20000", "--scrapes", "5"],
+    "dashboard_cost": ["--jobs", "5000", "--requests", "5"],
 }
 ROUNDED = ("throughput", "throughput-batch", "latency", "peers")
 # Benchmarks whose result name is fixed (latency.json): copied to <name>-r<k>.json.

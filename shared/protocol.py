@@ -34,7 +34,8 @@ ErrorType = Literal["timeout", "network", "http_4xx", "http_5xx", "input", "conf
 
 
 def http_error_type(status: int) -> ErrorType:
-    return "http_5xx" if status >= 500 else "http_4xx"
+    """A remote's answer; no status at all (0) is the executor's to explain."""
+    return "executor" if status <= 0 else "http_5xx" if status >= 500 else "http_4xx"
 
 
 class TransformerRef(BaseModel):

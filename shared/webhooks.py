@@ -7,8 +7,9 @@ Signatures are checked here, on the raw body, before anything is parsed or writt
   `{webhook-id}.{webhook-timestamp}.{body}` with the base64 secret after `whsec_`,
   `webhook-signature: v1,<base64> ...`; the delivery id is `webhook-id` (signed).
 - `github`: `X-Hub-Signature-256: sha256=<hex>` over the body, keyed by the secret;
-  the delivery id is `X-GitHub-Delivery`. GitHub signs no timestamp, so only the
-  delivery id stands between a captured request and a replay.
+  the delivery id is `X-GitHub-Delivery`, which GitHub does not sign (nor a timestamp):
+  deliveries are deduplicated on the signature instead, so a captured request replayed
+  under a new delivery id starts nothing.
 - `stripe`: `Stripe-Signature: t=<unix>,v1=<hex>` over `{t}.{body}`, keyed by the
   endpoint secret; the delivery id is the event's `id` (in the signed body).
 """
@@ -65,6 +66,8 @@ def _standard_key(secret: str) -> bytes:
 
 def _fresh(timestamp: str, tolerance_s: int, now: float) -> None:
     try:
+        if len(timestamp) > 20:
+            raise ValueError
         sent = int(timestamp)
     except ValueError:
         raise invalid_signature(f"the timestamp {timestamp[:40]!r} is not a number") from None
@@ -98,7 +101,7 @@ def _verify_github(hook: Webhook, headers: dict[str, str], body: bytes, now: flo
     digest = hmac.new(hook.secret.encode(), body, hashlib.sha256).hexdigest()
     if not _any_equal(f"sha256={digest}", [headers["x-hub-signature-256"]]):
         raise invalid_signature("X-Hub-Signature-256 does not match the body")
-    return headers["x-github-delivery"]
+    return f"sha256={digest}"
 
 
 def _verify_stripe(hook: Webhook, headers: dict[str, str], body: bytes, now: float) -> str:
@@ -124,15 +127,16 @@ VERIFIERS: dict[str, tuple[tuple[str, ...], Verifier]] = {
 
 
 def verify(hook: Webhook, headers: dict[str, str], body: bytes, now: float) -> str:
-    """The delivery id of a request signed with the webhook's secret; 401 otherwise."""
+    """What deduplicates a request signed with the webhook's secret (its signed delivery
+    id; for GitHub, its signature); 401 otherwise."""
     needed, verifier = VERIFIERS[hook.signature]
     missing = [name for name in needed if not headers.get(name)]
     if missing:
         raise invalid_signature(f"missing header(s): {', '.join(missing)}")
-    delivery = verifier(hook, headers, body, now)
-    if not 1 <= len(delivery) <= 200:
+    key = verifier(hook, headers, body, now)
+    if not 1 <= len(key) <= 200:
         raise bad_request("the delivery id must be 1-200 characters")
-    return delivery
+    return key
 
 
 def receive(webhook_id: str, headers: dict[str, str], body: bytes,
@@ -143,7 +147,8 @@ def receive(webhook_id: str, headers: dict[str, str], body: bytes,
     if not found:
         raise not_found(f"no webhook {webhook_id[:100]!r}")
     hook = Webhook(**db.obj(found))
-    delivery_id = verify(hook, headers, body, time.time() if now is None else now)
+    dedup_key = verify(hook, headers, body, time.time() if now is None else now)
+    delivery_id = headers["x-github-delivery"] if hook.signature == "github" else dedup_key
     request = {"body": parse_json(body), "delivery_id": delivery_id, "webhook_id": webhook_id,
                "headers": {name: headers[name] for name in hook.headers if name in headers}}
     try:
@@ -152,7 +157,8 @@ def receive(webhook_id: str, headers: dict[str, str], body: bytes,
     except mapping.MappingError as exc:
         raise ApiError(422, "unmappable_delivery", f"input_mapping: {exc}") from exc
     started = db.obj(db.rpc("receive_webhook", {
-        "p_webhook_id": webhook_id, "p_delivery_id": delivery_id, "p_input": job_input}))
+        "p_webhook_id": webhook_id, "p_delivery_id": delivery_id, "p_input": job_input,
+        "p_dedup_key": dedup_key}))
     return {"job_id": started["job_id"], "delivery_id": delivery_id}
 
 

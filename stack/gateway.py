@@ -227,6 +227,11 @@ def build_app(cfg: StackConfig) -> Starlette:
     async def local_sign_in(request: Request) -> Response:
         """The dashboard's "sign in as a local user" (GET: whether this is offered). Local
         stack only, bound to 127.0.0.1; a deployment signs in with Supabase Auth."""
+        host = request.headers.get("host", "").rsplit(":", 1)[0]
+        origin = request.headers.get("origin")
+        if host not in ("127.0.0.1", "localhost") or (
+                origin is not None and origin.split("//")[-1].rsplit(":", 1)[0] != host):
+            return JSONResponse({"error": {"code": "forbidden", "message": "local only"}}, 403)
         if request.method == "GET":
             return JSONResponse({"local": True})
         try:

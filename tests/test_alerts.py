@@ -126,10 +126,18 @@ def test_stalled_jobs_fire_and_resolve(stack: Stack, api: Api, rules: None) -> N
     put_rule(api, stack, "stalled-jobs", kind="stalled_jobs", threshold=0, window_s=60)
     evaluate(stack)
     assert alerts_of(stack, "stalled-jobs", wid) == []  # not long enough yet
-    with stack.db() as conn, conn.transaction():  # as if untouched for two minutes
-        conn.execute("set local session_replication_role = replica")  # (no touch trigger)
-        conn.execute("update workflow.jobs set status = 'awaiting_retry',"
-                     " last_updated_at = now() - interval '2 minutes' where id = %s", (job,))
+
+    def untouched_for_two_minutes(next_retry: str) -> None:
+        with stack.db() as conn, conn.transaction():
+            conn.execute("set local session_replication_role = replica")  # (no touch trigger)
+            conn.execute("update workflow.jobs set status = 'awaiting_retry',"
+                         f" next_retry_at = now() + interval '{next_retry}',"
+                         " last_updated_at = now() - interval '2 minutes' where id = %s", (job,))
+
+    untouched_for_two_minutes("1 hour")  # waiting out its delay: not stalled
+    evaluate(stack)
+    assert alerts_of(stack, "stalled-jobs", wid) == []
+    untouched_for_two_minutes("-2 minutes")  # due two minutes ago and still waiting
     evaluate(stack)
     assert alerts_of(stack, "stalled-jobs", wid) == [("firing", False, False)]
     api.request("POST", f"/jobs/{job}/cancel", user.token)
@@ -153,8 +161,10 @@ def test_config_errors_and_slow_passes_fire(stack: Stack, api: Api, rules: None)
 
     put_rule(api, stack, "slow-passes", kind="slow_passes", threshold=120, window_s=900)
     minute = time.strftime("%Y-%m-%dT%H:%M:00Z", time.gmtime())
+    # One long pass among many short ones: the longest counts, not the average.
     stack.sql("select workflow.record_timings(%s)", (Jsonb([
-        {"name": "pass", "label": "scheduled", "minute": minute, "durations": [200.5]}]),))
+        {"name": "pass", "label": "scheduled", "minute": minute,
+         "durations": [200.5] + [0.1] * 20}]),))
     evaluate(stack)
     ((status, value),) = stack.sql("select status, value from workflow.alerts"
                                    " where rule_id = 'slow-passes' and status = 'firing'")

@@ -62,6 +62,10 @@ def test_the_page_and_its_files_are_served_without_a_cdn(stack: Stack) -> None:
         assert asset.status_code == 200 and asset.headers["content-type"].startswith(kind)
     assert httpx.get(f"{stack.api_url}/dashboard/..%2Fapp.py").status_code == 404
     assert httpx.get(f"{stack.api_url}/dashboard/secrets.json").status_code == 404
+    # The local sign-in answers this machine only (a rebound DNS name or another site: no).
+    for headers in ({"Host": "evil.example"}, {"Origin": "http://evil.example"}):
+        assert httpx.post(f"{stack.api_url}/_stack/sign-in", json={"email": "x@example.test"},
+                          headers=headers).status_code == 403
 
 
 def test_sign_in_see_jobs_open_a_failed_one_and_retry_it(stack: Stack, browser: Browser) -> None:

@@ -230,6 +230,7 @@ def test_a_failing_start_never_blocks_the_row_change(stack: Stack, api: Api, sig
     ({"workflow_id": "no-such-workflow"}, "workflow_id"),
     # Without a mapping the whole row is the input: never a row of auth.users.
     ({"table": "auth.users"}, "input_mapping: required on auth.users"),
+    ({"table": "AUTH.users"}, "input_mapping: required on AUTH.users"),
     ({"condition": "true; drop table workflow.jobs"}, "condition"),
     ({"condition": "true) execute function pg_catalog.suppress_redundant_updates_trigger("},
      "condition"),

@@ -51,6 +51,13 @@ def test_public_routes_match_the_openapi_document() -> None:
     assert public == documented
 
 
+def test_the_orchestrator_can_sign_alerts() -> None:
+    """It delivers alerts signed like webhook-call: without the secret it sends none."""
+    resources = load_template()["Resources"]
+    env = resources["OrchestratorFunction"]["Properties"]["Environment"]["Variables"]
+    assert env["SUPAFLOW_WEBHOOK_SECRET"] == {"Ref": "WebhookSecret"}
+
+
 def test_secrets_are_noecho_parameters() -> None:
     params = load_template()["Parameters"]
     for name in ("SupabaseAnonKey", "SupabaseServiceRoleKey", "SupabaseJwtSecret", "InternalToken"):

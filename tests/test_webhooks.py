@@ -125,6 +125,10 @@ def test_a_signed_delivery_starts_one_job(stack: Stack, api: Api, style: str) ->
     assert again.json()["error"]["code"] == "duplicate_delivery"
     assert job_id in again.json()["error"]["message"]
     assert len(webhook_jobs(stack, webhook_id)) == 1
+    if style == "github":  # its delivery id is unsigned: a replay under a new one is caught
+        replay = deliver(api, webhook_id, body, {**headers, "X-GitHub-Delivery": "forged-1"})
+        assert replay.status_code == 409, replay.text
+        assert len(webhook_jobs(stack, webhook_id)) == 1
 
 
 def _wrong_secret(style: str, secret: str) -> str:
@@ -150,6 +154,9 @@ def test_a_bad_signature_is_a_401_and_starts_nothing(stack: Stack, api: Api, sty
         cases["ten minutes ahead"] = (body, SIGNERS[style](secret, body, delivery, now + 600))
     if style == "standard":  # the delivery id is signed: a replay cannot change it
         cases["another delivery id"] = (body, {**good, "webhook-id": "msg_other"})
+        cases["a 400-digit timestamp"] = (body, {**good, "webhook-timestamp": "9" * 400})
+    if style == "stripe":
+        cases["a 400-digit timestamp"] = (body, {"Stripe-Signature": f"t={'9' * 400},v1=00"})
     before = witness(stack, webhook_id)
     for case, (sent, headers) in cases.items():
         refused = deliver(api, webhook_id, sent, headers)

@@ -138,8 +138,9 @@ begin
   end if;
   -- Supabase's own schemas hold secrets (auth.users: password hashes, tokens): the job's
   -- owner could read a whole row copied into its input. Name the columns to copy.
-  if p_input_mapping is null and split_part(p_table, '.', 1) in ('auth', 'storage', 'vault')
-  then
+  if p_input_mapping is null and (select n.nspname from pg_catalog.pg_class c
+                                  join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+                                  where c.oid = v_table) in ('auth', 'storage', 'vault') then
     raise sqlstate 'PT400' using detail = 'bad_request', message = format(
       'input_mapping: required on %s (a whole row of it holds secrets): name the columns',
       p_table);

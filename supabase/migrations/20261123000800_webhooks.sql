@@ -30,6 +30,7 @@ alter table workflow.webhooks enable row level security;
 -- Each delivery id starts at most one job: a replay finds its row.
 create table workflow.webhook_deliveries (
   webhook_id text not null references workflow.webhooks (id) on delete cascade,
+  -- The delivery id, or for GitHub (whose id is not signed) the body's signature.
   delivery_id text not null check (char_length(delivery_id) between 1 and 200),
   job_id uuid not null,
   received_at timestamptz not null default now(),
@@ -51,8 +52,10 @@ $$;
 
 -- A verified delivery: refused while paused (409) or replayed (409, naming its job);
 -- else its job, started for the owner or nobody (origin webhook), and the delivery kept.
+-- p_dedup_key: what makes a delivery the same one, when its id is not signed (GitHub's
+-- signature of the body); by default the delivery id.
 create or replace function workflow.receive_webhook(
-  p_webhook_id text, p_delivery_id text, p_input jsonb
+  p_webhook_id text, p_delivery_id text, p_input jsonb, p_dedup_key text default null
 ) returns jsonb
 language plpgsql
 set search_path = ''
@@ -71,7 +74,7 @@ begin
       message = 'this webhook is paused: deliveries start nothing until it is resumed';
   end if;
   select d.job_id into v_job from workflow.webhook_deliveries d
-  where d.webhook_id = p_webhook_id and d.delivery_id = p_delivery_id;
+  where d.webhook_id = p_webhook_id and d.delivery_id = coalesce(p_dedup_key, p_delivery_id);
   if v_job is not null then
     raise sqlstate 'PT409' using detail = 'duplicate_delivery', message = format(
       'delivery %s was received before and started job %s', to_jsonb(p_delivery_id), v_job);
@@ -81,7 +84,7 @@ begin
     jsonb_build_object('type', 'webhook', 'webhook_id', v_webhook.id,
                        'delivery_id', p_delivery_id));
   insert into workflow.webhook_deliveries (webhook_id, delivery_id, job_id)
-  values (p_webhook_id, p_delivery_id, (v_result ->> 'job_id')::uuid);
+  values (p_webhook_id, coalesce(p_dedup_key, p_delivery_id), (v_result ->> 'job_id')::uuid);
   update workflow.webhooks set last_triggered_at = now() where id = p_webhook_id;
   return v_result;
 end

@@ -126,6 +126,7 @@ create table workflow.timing_rollups (
   label text not null check (char_length(label) <= 200),
   count bigint not null,
   duration_sum double precision not null,
+  duration_max double precision not null,
   duration_buckets bigint[] not null
 );
 create index timing_rollups_minute_idx on workflow.timing_rollups (minute);
@@ -153,8 +154,8 @@ alter table workflow.metric_cursor enable row level security;
 alter table workflow.timing_rollups enable row level security;
 alter table workflow.timing_totals enable row level security;
 
--- Adds the events of every transaction that ended since the last call; returns how
--- many. Called every minute by pg_cron and by GET /metrics (so it is always current);
+-- Adds the events of every transaction that ended since the last call; returns how many
+-- running totals it changed. Called every minute by pg_cron and by GET /metrics (so it is always current);
 -- concurrent calls take turns on the cursor row.
 create or replace function workflow.roll_up_metrics() returns bigint
 language plpgsql
@@ -242,15 +243,17 @@ as $$
     from jsonb_array_elements(p_rows) r, jsonb_array_elements_text(r -> 'durations') d
   ), cells as (
     select name, label, minute, workflow.duration_bucket(seconds) as bucket, count(*) as n,
-           sum(seconds) as total
+           sum(seconds) as total, max(seconds) as longest
     from measured group by 1, 2, 3, 4
   ), rows as (
     select name, label, minute, sum(n)::bigint as count, sum(total) as total,
+           max(longest) as longest,
            workflow.bucket_counts(array_agg(bucket), array_agg(n)) as buckets
     from cells group by 1, 2, 3
   ), inserted as (
-    insert into workflow.timing_rollups (minute, name, label, count, duration_sum, duration_buckets)
-    select minute, name, label, count, total, buckets from rows
+    insert into workflow.timing_rollups (minute, name, label, count, duration_sum, duration_max,
+                                         duration_buckets)
+    select minute, name, label, count, total, longest, buckets from rows
   )
   insert into workflow.timing_totals as t (name, label, count, duration_sum, duration_buckets)
   select name, label, sum(count), sum(total), workflow.bucket_sum(buckets) from rows
@@ -337,8 +340,9 @@ create or replace view workflow.queue_metrics with (security_invoker = true) as
 -- A rule fires for a subject (a workflow, or '' for the engine) while its value is over
 -- `threshold` with at least `min_volume` behind it, over the last `window_s` seconds:
 -- - failure_rate: failed / finished jobs of a workflow (volume: finished jobs);
--- - stalled_jobs: jobs of a workflow running or awaiting a retry, unchanged for longer
---   than the window (value and volume: how many);
+-- - stalled_jobs: jobs of a workflow running and unchanged for longer than the window,
+--   or awaiting a retry (or a delay) that fell due longer ago than the window (value and
+--   volume: how many; a job waiting out a long delay is not stalled);
 -- - slow_passes: the longest orchestrator pass in the window, in seconds (volume: passes);
 -- - config_errors: attempts of a workflow failed because a transformer's configuration
 --   could not be found or used (error type config; value and volume: how many);
@@ -411,10 +415,12 @@ as $$
   from workflow.alert_rules r
   join workflow.jobs j on j.status in ('running', 'awaiting_retry')
     and j.last_updated_at < now() - make_interval(secs => r.window_s)
+    and (j.status = 'running'
+         or coalesce(j.next_retry_at, j.last_updated_at) < now() - make_interval(secs => r.window_s))
   where r.enabled and r.kind = 'stalled_jobs'
   group by r.id, j.workflow_id
   union all
-  select r.id, '', max(t.duration_sum / t.count), sum(t.count)
+  select r.id, '', max(t.duration_max), sum(t.count)
   from workflow.alert_rules r
   join workflow.timing_rollups t on t.name = 'pass' and t.label <> 'skipped'
     and t.minute >= date_trunc('minute', now() - make_interval(secs => r.window_s))
@@ -439,7 +445,7 @@ $$;
 -- Records what fired and what resolved since the last evaluation (one evaluator at a
 -- time), and returns the alerts that changed (`new`) and those this evaluator is to
 -- deliver (`webhook_url` set): each whose rule has a webhook, whose current state was
--- not delivered, and that no other evaluator holds (it is held for 30 s).
+-- not delivered, and that no other evaluator holds (at most 5, each held 2 minutes).
 create or replace function workflow.evaluate_alerts() returns jsonb
 language plpgsql
 set search_path = ''
@@ -471,12 +477,15 @@ begin
   select coalesce(array_agg(id), '{}') into v_changed
   from (select id from fired union all select id from resolved) c;
   with held as (
-    update workflow.alerts a set delivery_claimed_until = now() + interval '30 seconds'
-    from workflow.alert_rules r
-    where r.id = a.rule_id and r.webhook_url is not null
-      and ((a.status = 'firing' and a.fire_delivered_at is null)
-           or (a.status = 'resolved' and a.resolve_delivered_at is null))
-      and coalesce(a.delivery_claimed_until, '-infinity') < now()
+    -- At most 5 per evaluation (each sent within 5 s), held well past that.
+    update workflow.alerts a set delivery_claimed_until = now() + interval '2 minutes'
+    where a.id in (
+      select a2.id from workflow.alerts a2 join workflow.alert_rules r on r.id = a2.rule_id
+      where r.webhook_url is not null
+        and ((a2.status = 'firing' and a2.fire_delivered_at is null)
+             or (a2.status = 'resolved' and a2.resolve_delivered_at is null))
+        and coalesce(a2.delivery_claimed_until, '-infinity') < now()
+      order by a2.id limit 5)
     returning a.id
   )
   select coalesce(array_agg(id), '{}') into v_deliver from held;

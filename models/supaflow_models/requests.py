@@ -51,8 +51,9 @@ class TriggerRequest(BaseModel):
 
 class ScheduleRequest(BaseModel):
     """PUT /schedules/{scheduleId}: start `workflow_id` with `input` on a cron expression
-    (pg_cron's five fields, in `timezone`), for `owner` (a user id) or nobody; `overlap`:
-    what a run does while the previous one is still going (`skip` or `allow`)."""
+    (pg_cron's five fields, read in `timezone`, an IANA name), for `owner` (a user id) or
+    nobody; `overlap`: what a run does while the previous one is still going (`skip` or
+    `allow`)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 

@@ -17,7 +17,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from shared import db
@@ -114,13 +119,20 @@ class Report(Collector):
                                       "Ended step attempts: how long each ran",
                                       labels=["workflow", "step", "transformer", "outcome",
                                               "error_type"])
+        retries = CounterMetricFamily("supaflow_job_retries",
+                                      "Finished jobs retried (POST /jobs/{id}/retry), by the"
+                                      " status they left", labels=["workflow", "from_status"])
         for row in totals:
+            if row["kind"] == "retry":
+                retries.add_metric(_labels(row, ["workflow_id", "outcome"]), row["count"])
+                continue
             family, names = ((jobs, ["workflow_id", "outcome"]) if row["kind"] == "job" else
                              (steps, ["workflow_id", "step_id", "transformer_id", "outcome",
                                       "error_type"]))
             family.add_metric(_labels(row, names), _histogram(bounds, row), row["duration_sum"])
         yield jobs
         yield steps
+        yield retries
         timings = {"api": HistogramMetricFamily(
                        "supaflow_api_request_duration_seconds",
                        "API requests: route and status, how long each took", labels=["request"]),

@@ -23,6 +23,7 @@ from testkit.workflows import chain, create_workflow, failing_transformer
 
 SCREENSHOTS = Path(__file__).resolve().parent.parent / ".artifacts" / "screenshots"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FINISHED = ("completed", "failed", "cancelled")
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +183,56 @@ def test_stats_show_each_caller_only_what_they_may_see(stack: Stack) -> None:
     assert everyone["scope"] == "all" and isinstance(everyone["queue"], list)
     assert "queue" not in stats(worker_token), "the queue is everyone's: operators only"
     assert httpx.get(f"{stack.api_url}/stats").status_code == 401
+
+
+def test_an_operators_counts_are_the_jobs_statuses_now(stack: Stack) -> None:
+    """Finished counts come from the totals (finished less retried): a job that failed
+    and was retried to completion counts once, as completed."""
+    def readings() -> tuple[dict[str, int], dict[str, int]]:
+        """The operator's finished counts and the jobs' statuses, read while no other job
+        finished (jobs of earlier tests may still be finishing)."""
+        for _ in range(20):
+            live = finished_now()
+            counts = httpx.get(f"{stack.api_url}/stats", headers={
+                "Authorization": f"Bearer {stack.sec.service_role_key}"}).json()["counts"]
+            if live == finished_now():
+                break
+        return {s: counts.get(s, 0) for s in FINISHED}, live
+
+    def finished_now() -> dict[str, int]:
+        found = dict(stack.sql("select status, count(*)::int from workflow.jobs"
+                               " where status = any(%s) group by status", (list(FINISHED),)))
+        return {s: found.get(s, 0) for s in FINISHED}
+
+    shown_before, live_before = readings()
+    user = stack.create_user()
+    flaky = failing_transformer(stack, retryable=False)
+    wid = create_workflow(stack, {"steps": [{"id": "s", "transformer": flaky}]})
+    started = httpx.post(f"{stack.api_url}/workflows/start", json={
+        "workflow_id": wid, "input_data": {}}, headers={"Authorization": f"Bearer {user.token}"})
+    job_id = started.json()["job_id"]
+    assert wait_status(stack, job_id, "failed", 30) == "failed"
+    stack.sql("update workflow.transformers set config = '{}' where id = %s", (flaky,))
+    retried = httpx.post(f"{stack.api_url}/jobs/{job_id}/retry",
+                         headers={"Authorization": f"Bearer {user.token}"})
+    assert retried.status_code == 202, retried.text
+    assert wait_status(stack, job_id, "completed", 30) == "completed"
+    shown_after, live_after = readings()
+    assert {s: shown_after[s] - shown_before[s] for s in FINISHED} \
+        == {s: live_after[s] - live_before[s] for s in FINISHED}
+    assert live_after["completed"] > live_before["completed"]
+
+
+def test_a_users_chart_holds_a_job_that_ran_for_hours(stack: Stack) -> None:
+    user = stack.create_user()
+    wid = create_workflow(stack, chain(1))
+    started = httpx.post(f"{stack.api_url}/workflows/start", json={
+        "workflow_id": wid, "input_data": {"n": 1}}, headers={"Authorization": f"Bearer {user.token}"})
+    job_id = started.json()["job_id"]
+    assert wait_status(stack, job_id, "completed", 30) == "completed"
+    # Started three hours ago (a delay, a long step), finished just now.
+    stack.sql("update workflow.jobs set created_at = now() - interval '3 hours' where id = %s",
+              (job_id,))
+    stats = httpx.get(f"{stack.api_url}/stats",
+                      headers={"Authorization": f"Bearer {user.token}"}).json()
+    assert sum(m["finished"] for m in stats["minutes"]) == 1, stats

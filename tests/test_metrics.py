@@ -211,3 +211,19 @@ def test_an_event_committed_late_is_counted_once(stack: Stack, workload: dict[st
             assert completed() == before  # held back behind the open one's xid
         assert completed() == before + 2
         assert completed() == before + 2
+
+
+def test_a_retry_is_counted_by_the_status_it_left(stack: Stack, api: Api,
+                                                  workload: dict[str, str]) -> None:
+    """(Last in this file: it changes the workload's counts.)"""
+    ((job_id, user_id),) = stack.sql("select id::text, user_id::text from workflow.jobs"
+                                     " where workflow_id = %s", (workload["mapping"],))
+    retried = api.request("POST", f"/jobs/{job_id}/retry", stack.token(user_id))
+    assert retried.status_code == 202, retried.text
+    wait_terminal(stack, [job_id], 30)
+    samples = scrape(api, stack.sec.service_role_key)
+    assert value(samples, "supaflow_job_retries_total", workflow=workload["mapping"],
+                 from_status="failed") == 1
+    # It failed again: two failed endings, one job failed now.
+    assert value(samples, "supaflow_job_duration_seconds_count", workflow=workload["mapping"],
+                 status="failed") == 2

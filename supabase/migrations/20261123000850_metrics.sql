@@ -83,11 +83,13 @@ begin
 end
 $$;
 
--- One series: finished jobs (kind job; outcome completed, failed or cancelled) or ended
--- attempts (kind step; outcome completed, failed or retried, with the error type).
+-- One series: finished jobs (kind job; outcome completed, failed or cancelled), ended
+-- attempts (kind step; outcome completed, failed or retried, with the error type), or
+-- finished jobs retried (kind retry; outcome the status they left: failed or cancelled,
+-- so the jobs now in a finished status are the finished ones less the retried ones).
 create table workflow.metric_rollups (
   minute timestamptz not null,
-  kind text not null check (kind in ('job', 'step')),
+  kind text not null check (kind in ('job', 'step', 'retry')),
   workflow_id text not null,
   step_id text not null,
   transformer_id text not null,
@@ -172,21 +174,24 @@ begin
   end if;
   with ended as (
     select e.created_at,
-           case when e.event_type like 'job\_%' then 'job' else 'step' end as kind,
+           case when e.from_status in ('failed', 'cancelled') then 'retry'
+                when e.event_type like 'job\_%' then 'job' else 'step' end as kind,
            j.workflow_id,
            coalesce(e.step_id, '') as step_id,
            coalesce(e.detail ->> 'transformer_id', '') as transformer_id,
-           case e.event_type when 'step_retry_scheduled' then 'retried'
-                             when 'step_completed' then 'completed'
-                             when 'step_failed' then 'failed'
-                             else e.to_status end as outcome,
+           case when e.from_status in ('failed', 'cancelled') then e.from_status
+                when e.event_type = 'step_retry_scheduled' then 'retried'
+                when e.event_type = 'step_completed' then 'completed'
+                when e.event_type = 'step_failed' then 'failed'
+                else e.to_status end as outcome,
            coalesce(e.detail ->> 'error_type', '') as error_type,
            coalesce((e.detail ->> 'duration_s')::double precision, 0) as duration_s
     from workflow.job_events e
     join workflow.jobs j on j.id = e.job_id
     where e.xid >= v_from and e.xid < v_to
-      and e.event_type in ('job_completed', 'job_failed', 'job_cancelled', 'step_completed',
-                           'step_failed', 'step_retry_scheduled')
+      and (e.event_type in ('job_completed', 'job_failed', 'job_cancelled', 'step_completed',
+                            'step_failed', 'step_retry_scheduled')
+           or (e.event_type like 'job\_%' and e.from_status in ('failed', 'cancelled')))
   ), cells as (
     -- Per minute only for what the windows can still see (the last two days).
     select case when created_at >= now() - interval '2 days'
@@ -622,14 +627,14 @@ $$;
 -- Rolled up every minute, whether or not anyone scrapes (the alerts read the rollups).
 select cron.schedule('supaflow-metrics', '* * * * *', 'select workflow.roll_up_metrics()');
 
--- The dashboard's overview for one caller: job counts by status and, per minute over the
--- last hour, jobs finished and failed. Operators (service role, admin of no tenant) read
--- the rollups and the active-status index; a tenant admin their tenant's jobs; a user
+-- The dashboard's overview for one caller: job counts by status now and, per minute over
+-- the last hour, jobs finished and failed. Operators (service role, admin of no tenant)
+-- read the active statuses through their index and the finished ones from the totals
+-- (finished less retried), rolled up first; a tenant admin their tenant's jobs; a user
 -- their own (both through an index on the owner and the creation time).
 create or replace function workflow.dashboard_stats(p_claims jsonb, p_user_id uuid)
 returns jsonb
 language plpgsql
-stable
 set search_path = ''
 as $$
 declare
@@ -640,14 +645,16 @@ declare
   v_since timestamptz := date_trunc('minute', now()) - interval '59 minutes';
 begin
   if v_operator then
+    perform workflow.roll_up_metrics();
     return jsonb_build_object(
       'scope', 'all',
-      'counts', (select jsonb_object_agg(status, n) from (
+      'counts', (select coalesce(jsonb_object_agg(status, n) filter (where n > 0), '{}') from (
           select j.status, count(*) as n from workflow.jobs j
           where j.status in ('pending', 'running', 'awaiting_retry') group by j.status
           union all
-          select t.outcome, sum(t.count) from workflow.metric_totals t
-          where t.kind = 'job' group by t.outcome) c),
+          select t.outcome, sum(case t.kind when 'job' then t.count else -t.count end)
+          from workflow.metric_totals t
+          where t.kind in ('job', 'retry') group by t.outcome) c),
       'minutes', (select coalesce(jsonb_agg(jsonb_build_object('minute', m.minute,
                     'finished', m.finished, 'failed', m.failed) order by m.minute), '[]')
                   from (select r.minute, sum(r.count) as finished,
@@ -675,7 +682,6 @@ begin
                       from workflow.jobs j
                       where ((v_tenant is not null and j.tenant_id = v_tenant)
                              or (v_tenant is null and j.user_id = p_user_id))
-                        and j.created_at >= v_since - interval '1 hour'
                         and j.completed_at >= v_since
                       group by 1) m));
 end

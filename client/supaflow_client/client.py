@@ -449,12 +449,15 @@ class _Api[H: (httpx.Client, httpx.AsyncClient), R, I](ABC):
 
     def put_trigger(self, trigger_id: str, workflow_id: str, table: str, events: Sequence[str], *,
                     condition: str | None = None, input_mapping: Mapping[str, str] | None = None,
-                    owner_column: str | None = None) -> R:
+                    owner_column: str | None = None, start_at_column: str | None = None,
+                    start_offset_s: float = 0) -> R:
         """PUT /triggers/{trigger_id} (the service role): start `workflow_id` on each change
-        of `table` (schema.table) that `events` and `condition` admit."""
+        of `table` (schema.table) that `events` and `condition` admit; with
+        `start_at_column`, at that column's time plus `start_offset_s` (negative: before)."""
         body = _fields(workflow_id=workflow_id, table=table, events=list(events),
                        condition=condition, input_mapping=dict(input_mapping or {}) or None,
-                       owner_column=owner_column)
+                       owner_column=owner_column, start_at_column=start_at_column,
+                       start_offset_s=start_offset_s or None)
         return self._execute(_Call("PUT", f"/triggers/{_segment(trigger_id)}", body=body))
 
     def delete_trigger(self, trigger_id: str) -> R:
@@ -466,11 +469,13 @@ class _Api[H: (httpx.Client, httpx.AsyncClient), R, I](ABC):
         return self._execute(_Call("GET", "/schedules"))
 
     def put_schedule(self, schedule_id: str, workflow_id: str, cron: str, *,
-                     input_data: Mapping[str, Any] | None = None, owner: str | None = None,
-                     enabled: bool = True, overlap: Literal["skip", "allow"] = "skip") -> R:
+                     timezone: str = "UTC", input_data: Mapping[str, Any] | None = None,
+                     owner: str | None = None, enabled: bool = True,
+                     overlap: Literal["skip", "allow"] = "skip") -> R:
         """PUT /schedules/{schedule_id} (the service role): start `workflow_id` on `cron`
-        (UTC), for `owner` or nobody; its pg_cron job exists while it is enabled."""
-        body = _fields(workflow_id=workflow_id, cron=cron,
+        read in `timezone` (an IANA name), for `owner` or nobody; its pg_cron job exists
+        while it is enabled."""
+        body = _fields(workflow_id=workflow_id, cron=cron, timezone=timezone,
                        input=None if input_data is None else dict(input_data), owner=owner,
                        enabled=enabled, overlap=overlap)
         return self._execute(_Call("PUT", f"/schedules/{_segment(schedule_id)}", body=body))

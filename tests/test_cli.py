@@ -4,6 +4,8 @@ mistakes refused with file, line and field, and the live view on a real terminal
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import shutil
@@ -14,6 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from supaflow_client.cli import target
@@ -26,10 +29,11 @@ SUPAFLOW = str(Path(sys.executable).parent / "supaflow")
 
 
 def cli(stack: Stack, *args: str, token: str | None = None, cwd: Path | None = None,
-        timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        timeout: float = 120, env_extra: dict[str, str] | None = None,
+        ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SUPAFLOW_", "SUPABASE_"))}
     env.update({"SUPAFLOW_URL": stack.api_url, "SUPABASE_SERVICE_ROLE_KEY": stack.sec.service_role_key,
-                "SUPABASE_JWT_SECRET": stack.sec.jwt_secret, "COLUMNS": "200"})
+                "SUPABASE_JWT_SECRET": stack.sec.jwt_secret, "COLUMNS": "200", **(env_extra or {})})
     if token is not None:
         env["SUPAFLOW_TOKEN"] = token
     return subprocess.run([SUPAFLOW, *args], env=env, cwd=cwd, capture_output=True, text=True,
@@ -173,6 +177,79 @@ def test_files_hold_json_values_only_and_each_key_once(tmp_path: Path) -> None:
                                  '\n\t"type": "transform"\n}\n')
     (tabbed,) = load_all([tmp_path / "tabs.json"])
     assert tabbed.body["type"] == "transform"
+
+
+def test_deploy_makes_what_starts_jobs_from_files_and_the_commands_list_and_remove_it(
+        stack: Stack, tmp_path: Path) -> None:
+    """A schedule (in a time zone), a trigger and a Stripe webhook whose secret comes from
+    the environment, deployed with the workflow they start; each then starts it."""
+    wid, tid = fresh("cli-wf"), fresh("cli-t")
+    project(tmp_path, wid, tid, steps=1)
+    table = f"cli_rows_{uuid.uuid4().hex[:8]}"
+    stack.sql(f"create table public.{table} (id serial primary key, n int)")
+    ids = {kind: fresh(f"cli-{kind}") for kind in ("schedule", "trigger", "webhook")}
+    write(tmp_path, "nightly.yaml", f"kind: schedule\nid: {ids['schedule']}\nworkflow_id: {wid}\n"
+                                    "cron: '30 2 * * *'\ntimezone: Asia/Kolkata\ninput: {n: 1}\n")
+    write(tmp_path, "rows.yaml", f"kind: trigger\nid: {ids['trigger']}\nworkflow_id: {wid}\n"
+                                 f"table: public.{table}\nevents: [insert]\n"
+                                 "input_mapping: {n: new.n}\n")
+    write(tmp_path, "stripe.yaml", f"kind: webhook\nid: {ids['webhook']}\nworkflow_id: {wid}\n"
+                                   "signature: stripe\nsecret_env: CLI_STRIPE_SECRET\n"
+                                   "input_mapping: {n: $.input.body.n}\n")
+    missing = cli(stack, "deploy", str(tmp_path), "--yes")
+    assert missing.returncode == 1 and \
+        f"{tmp_path}/stripe.yaml:5: secret_env: the environment variable CLI_STRIPE_SECRET" \
+        in missing.stderr, missing.stderr
+    secret = "whsec_" + uuid.uuid4().hex
+    env = {"CLI_STRIPE_SECRET": secret}
+    done = as_json(cli(stack, "deploy", str(tmp_path), "--yes", "--json", env_extra=env))
+    assert [(d["kind"], d["action"]) for d in done["published"]] == [
+        ("transformer", "create"), ("workflow", "create"), ("schedule", "create"),
+        ("trigger", "create"), ("webhook", "create")]
+    assert done["published"][-1]["secret"] == secret
+    again = as_json(cli(stack, "deploy", str(tmp_path), "--yes", "--json", env_extra=env))
+    assert {p["action"] for p in again["plan"]} == {"unchanged"}, again["plan"]
+
+    # Each starts the workflow.
+    (job,) = stack.sql("select workflow.run_schedule(%s)", (ids["schedule"],))[0]
+    stack.sql(f"insert into public.{table} (n) values (5)")
+    body = json.dumps({"id": "evt_" + uuid.uuid4().hex, "n": 6}).encode()
+    at = int(time.time())
+    digest = hmac.new(secret.encode(), f"{at}.".encode() + body, hashlib.sha256).hexdigest()
+    delivered = httpx.post(f"{stack.api_url}/webhooks/{ids['webhook']}", content=body, headers={
+        "Content-Type": "application/json", "Stripe-Signature": f"t={at},v1={digest}"})
+    assert delivered.status_code == 202, delivered.text
+    started = stack.sql("select origin, (input_data ->> 'n')::int from workflow.jobs"
+                        " where workflow_id = %s order by created_at", (wid,))
+    assert started == [("schedule", 1), ("trigger", 5), ("webhook", 6)], (job, started)
+
+    write(tmp_path, "nightly.yaml", f"kind: schedule\nid: {ids['schedule']}\nworkflow_id: {wid}\n"
+                                    "cron: '45 2 * * *'\ntimezone: Asia/Kolkata\ninput: {n: 1}\n")
+    diff = cli(stack, "deploy", str(tmp_path), "--dry-run", env_extra=env)
+    assert f"~ update schedule {ids['schedule']}" in diff.stdout, diff.stdout
+    assert '+  "cron": "45 2 * * *"' in diff.stdout.replace("    +", "+"), diff.stdout
+
+    for kind in ("schedule", "trigger", "webhook"):
+        listed = as_json(cli(stack, f"{kind}s", "ls", "--json"))[f"{kind}s"]
+        assert ids[kind] in [row[f"{kind}_id"] for row in listed], kind
+        assert ids[kind] in cli(stack, f"{kind}s", "ls").stdout
+        assert cli(stack, f"{kind}s", "rm", ids[kind]).returncode == 0
+        gone = cli(stack, f"{kind}s", "rm", ids[kind])
+        assert gone.returncode == 1 and "404" in gone.stderr
+    assert stack.sql("select count(*) from cron.job where jobname = %s",
+                     (f"supaflow-schedule:{ids['schedule']}",)) == [(0,)]
+    stack.sql(f"insert into public.{table} (n) values (9)")
+    assert len(stack.sql("select 1 from workflow.jobs where workflow_id = %s", (wid,))) == 3
+    assert as_json(cli(stack, "alerts", "ls", "--json")).keys() == {"alerts"}
+
+
+def test_a_webhook_file_never_holds_its_secret(tmp_path: Path) -> None:
+    write(tmp_path, "hook.yaml", "kind: webhook\nid: h\nworkflow_id: w\n"
+                                 "secret: whsec_0123456789abcdef0123\nrotate_secret: true\n")
+    with pytest.raises(Problems) as info:
+        load_all([tmp_path / "hook.yaml"])
+    assert [line.split(": ")[0:2] for line in info.value.lines] == [
+        [f"{tmp_path}/hook.yaml:4", "secret"], [f"{tmp_path}/hook.yaml:5", "rotate_secret"]]
 
 
 def test_run_waits_and_jobs_commands_cancel_and_retry(stack: Stack, tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
-"""The `supaflow` command: deploy workflows and transformers from files, run a job and
-watch it live, and read or control jobs, over the HTTP API only.
+"""The `supaflow` command: deploy workflows, transformers, schedules, triggers and webhooks
+from files, run a job and watch it live, read or control jobs, list what starts them and
+the alerts firing, over the HTTP API only.
 
 Configuration, first found wins: flags (`--url`, `--token`), the environment
 (`SUPAFLOW_URL`, `SUPAFLOW_TOKEN`), then a `.env` file in the current folder as
@@ -39,8 +40,19 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Deploy workflows, run jobs and watch them, over supaflow's HTTP API.")
 jobs_app = typer.Typer(no_args_is_help=True, help="List, show, cancel and retry jobs.")
 workflows_app = typer.Typer(no_args_is_help=True, help="List and show workflows.")
+schedules_app = typer.Typer(no_args_is_help=True,
+                            help="List and remove schedules (deploy makes them from files).")
+triggers_app = typer.Typer(no_args_is_help=True,
+                           help="List and remove database triggers (deploy makes them).")
+webhooks_app = typer.Typer(no_args_is_help=True,
+                           help="List and remove inbound webhooks (deploy makes them).")
+alerts_app = typer.Typer(no_args_is_help=True, help="The alerts firing (operators).")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(workflows_app, name="workflows")
+app.add_typer(schedules_app, name="schedules")
+app.add_typer(triggers_app, name="triggers")
+app.add_typer(webhooks_app, name="webhooks")
+app.add_typer(alerts_app, name="alerts")
 
 console = Console()
 errors = Console(stderr=True)
@@ -192,7 +204,8 @@ def deploy(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Publish without asking.")] = False,
     url: UrlOpt = None, token_: TokenOpt = None, as_json: JsonOpt = False,
 ) -> None:
-    """Check workflows and transformers locally, show what would change, then publish."""
+    """Check workflows, transformers, schedules, triggers and webhooks locally, show what
+    would change, then publish (a new webhook's secret is printed once)."""
     t = target(url, token_)
     try:
         items = load_all(paths)
@@ -236,6 +249,9 @@ def deploy(
                 version = f" version {d['version']}" if "version" in d else ""
                 console.print(f"[green]published[/green] {d['kind']} {d['id']}{version}",
                               highlight=False)
+            if d.get("secret"):
+                console.print(f"  deliveries to POST {d['path']} are signed with {d['secret']}"
+                              " (shown once: keep it)", highlight=False, markup=False)
     emit({"ok": True, "dry_run": False, "plan": summary, "published": done}, as_json, render)
 
 
@@ -407,7 +423,7 @@ def jobs_retry(job_id: str, url: UrlOpt = None, token_: TokenOpt = None,
         highlight=False))
 
 
-# --------------------------------------------------------------------------- workflows, health
+# --------------------------------------------------------------------------- workflows
 
 
 @workflows_app.command("ls")
@@ -433,6 +449,109 @@ def workflows_show(workflow_id: str, url: UrlOpt = None, token_: TokenOpt = None
     with client(target(url, token_)) as c:
         shown = c.get_workflow(workflow_id)
     emit(shown, as_json, lambda: console.print_json(json.dumps(shown, default=str)))
+
+
+# --------------------------------------------------------------------------- what starts jobs
+
+
+def show_rows(rows: list[dict[str, Any]], columns: dict[str, Callable[[dict[str, Any]], Any]],
+              as_json: bool, listed: Any) -> None:
+    """A listing as a table (one column per entry of `columns`), or as JSON."""
+    def render() -> None:
+        table = Table(*columns)
+        for row in rows:
+            table.add_row(*("" if (v := get(row)) is None else str(v)
+                            for get in columns.values()))
+        console.print(table)
+    emit(listed, as_json, render)
+
+
+def removed(kind: str, object_id: str, what: str, as_json: bool, result: Any) -> None:
+    emit(result, as_json, lambda: console.print(f"{kind} {object_id} removed{what}",
+                                                highlight=False))
+
+
+@schedules_app.command("ls")
+def schedules_ls(url: UrlOpt = None, token_: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """Each schedule, its last run, job and error (the service-role key)."""
+    with client(target(url, token_)) as c:
+        listed = c.list_schedules()
+    show_rows(listed["schedules"], {
+        "schedule": lambda r: r["schedule_id"], "workflow": lambda r: r["workflow_id"],
+        "cron": lambda r: r["cron"], "timezone": lambda r: r["timezone"],
+        "enabled": lambda r: "yes" if r["enabled"] else "no",
+        "last run": lambda r: r["last_run_at"], "last error": lambda r: r["last_error"]},
+        as_json, listed)
+
+
+@schedules_app.command("rm")
+def schedules_rm(schedule_id: str, url: UrlOpt = None, token_: TokenOpt = None,
+                 as_json: JsonOpt = False) -> None:
+    """Delete a schedule and its pg_cron job."""
+    with client(target(url, token_)) as c:
+        result = c.delete_schedule(schedule_id)
+    removed("schedule", schedule_id, " (and its pg_cron job)", as_json, result)
+
+
+@triggers_app.command("ls")
+def triggers_ls(url: UrlOpt = None, token_: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """Each trigger, its table and events, and its failed starts (the service-role key);
+    --json also shows the SQL each installed."""
+    with client(target(url, token_)) as c:
+        listed = c.list_triggers()
+    show_rows(listed["triggers"], {
+        "trigger": lambda r: r["trigger_id"], "workflow": lambda r: r["workflow_id"],
+        "table": lambda r: r["table_name"], "events": lambda r: ", ".join(r["events"]),
+        "condition": lambda r: r["condition"], "failed starts": lambda r: r["failures"],
+        "last failure": lambda r: r["last_failure"]}, as_json, listed)
+
+
+@triggers_app.command("rm")
+def triggers_rm(trigger_id: str, url: UrlOpt = None, token_: TokenOpt = None,
+                as_json: JsonOpt = False) -> None:
+    """Delete a trigger: its SQL trigger is dropped from the table."""
+    with client(target(url, token_)) as c:
+        result = c.delete_trigger(trigger_id)
+    removed("trigger", trigger_id, " (and its SQL trigger)", as_json, result)
+
+
+@webhooks_app.command("ls")
+def webhooks_ls(url: UrlOpt = None, token_: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """Each webhook, where senders post, and when it last started a job (admins); never
+    their secrets."""
+    with client(target(url, token_)) as c:
+        listed = c.list_webhooks()
+    show_rows(listed["webhooks"], {
+        "webhook": lambda r: r["webhook_id"], "workflow": lambda r: r["workflow_id"],
+        "signature": lambda r: r["signature"], "status": lambda r: r["status"],
+        "path": lambda r: r["path"], "last triggered": lambda r: r["last_triggered_at"]},
+        as_json, listed)
+
+
+@webhooks_app.command("rm")
+def webhooks_rm(webhook_id: str, url: UrlOpt = None, token_: TokenOpt = None,
+                as_json: JsonOpt = False) -> None:
+    """Delete a webhook: its deliveries are refused (404) from now on."""
+    with client(target(url, token_)) as c:
+        result = c.delete_webhook(webhook_id)
+    removed("webhook", webhook_id, "", as_json, result)
+
+
+@alerts_app.command("ls")
+def alerts_ls(url: UrlOpt = None, token_: TokenOpt = None, as_json: JsonOpt = False,
+              resolved: Annotated[bool, typer.Option(
+                  "--resolved", help="Also the last 100 resolved.")] = False) -> None:
+    """The alerts firing (operators: the service-role key or an admin of no tenant)."""
+    with client(target(url, token_)) as c:
+        listed = c.list_alerts(include_resolved=resolved)
+    show_rows(listed["alerts"], {
+        "rule": lambda r: r["rule_id"], "subject": lambda r: r["subject"],
+        "status": lambda r: r["status"], "value": lambda r: r["value"],
+        "threshold": lambda r: r["threshold"], "fired": lambda r: r["fired_at"],
+        "resolved": lambda r: r["resolved_at"]}, as_json, listed)
+
+
+# --------------------------------------------------------------------------- health
 
 
 @app.command()

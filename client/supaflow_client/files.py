@@ -1,12 +1,21 @@
-"""Workflows and transformers as files: YAML or JSON (JSON is YAML), one object per file,
+"""Workflows, transformers and what starts them as files: YAML or JSON (JSON is YAML),
+one object per file,
 
     kind: workflow                      kind: transformer
     id: greet                           id: shout
     description: Say hello              type: transform
     definition: {steps: [...]}          config: {}
 
-checked with the models the server uses (supaflow_models) before anything is sent; each
-problem names its file, line and field.
+    kind: schedule                      kind: trigger                   kind: webhook
+    id: nightly                         id: on-signup                   id: from-github
+    workflow_id: greet                  workflow_id: greet              workflow_id: greet
+    cron: "0 3 * * *"                   table: public.signups           signature: github
+    timezone: Europe/Paris              events: [INSERT]                secret_env: GH_SECRET
+
+(the bodies of PUT /schedules, /triggers and /webhooks), checked with the models the
+server uses (supaflow_models) before anything is sent; each problem names its file, line
+and field. A webhook's secret never sits in a file: `secret_env` names the environment
+variable that holds it when the webhook is created (else the API generates one).
 """
 
 from __future__ import annotations
@@ -18,10 +27,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from supaflow_models.definitions import DefinitionError, normalise
-from supaflow_models.requests import DraftRequest, TransformerRequest
+from supaflow_models.requests import (
+    DraftRequest,
+    ScheduleRequest,
+    TransformerRequest,
+    TriggerRequest,
+    WebhookRequest,
+)
 from supaflow_models.transformers import ConfigError, validate_config
 
 SUFFIXES = (".yaml", ".yml", ".json")
@@ -40,6 +55,37 @@ class TransformerFile(TransformerRequest):
 
     kind: Literal["transformer"]
     id: str
+
+
+class ScheduleFile(ScheduleRequest):
+    """A file's schedule: PUT /schedules/{id}'s body, with its kind and id."""
+
+    kind: Literal["schedule"]
+    id: str
+
+
+class TriggerFile(TriggerRequest):
+    """A file's trigger: PUT /triggers/{id}'s body, with its kind and id."""
+
+    kind: Literal["trigger"]
+    id: str
+
+
+class WebhookFile(WebhookRequest):
+    """A file's webhook: PUT /webhooks/{id}'s body without its secret, which
+    `secret_env` names instead."""
+
+    kind: Literal["webhook"]
+    id: str
+    secret_env: str | None = None
+
+
+# What each kind's file is read with; starters (schedules, triggers, webhooks) name a
+# workflow, so they are deployed after the workflows.
+FILE_MODELS: dict[str, type[BaseModel]] = {
+    "transformer": TransformerFile, "workflow": WorkflowFile, "schedule": ScheduleFile,
+    "trigger": TriggerFile, "webhook": WebhookFile}
+STARTERS = ("schedule", "trigger", "webhook")
 
 
 class JsonLikeLoader(yaml.SafeLoader):
@@ -168,15 +214,16 @@ def load(path: Path) -> Loaded:
         _lines(node, (), lines, repeated)
     if repeated:
         raise Problems([f"{path}:{r}" for r in repeated])
-    if not isinstance(data, dict) or data.get("kind") not in ("workflow", "transformer"):
-        raise Problems([f"{path}:1: kind: must be 'workflow' or 'transformer' (one object per"
-                        " file)"])
-    model = WorkflowFile if data["kind"] == "workflow" else TransformerFile
+    if not isinstance(data, dict) or data.get("kind") not in FILE_MODELS:
+        raise Problems([f"{path}:1: kind: must be one of {', '.join(FILE_MODELS)} (one object"
+                        " per file)"])
     try:
-        parsed = model.model_validate(data)
+        parsed = FILE_MODELS[data["kind"]].model_validate(data)
     except ValidationError as exc:
         raise Problems([_problem(path, lines, ".".join(str(p) for p in e["loc"]), e["msg"])
                         for e in exc.errors()]) from None
+    if isinstance(parsed, ScheduleFile | TriggerFile | WebhookFile):
+        return _starter(path, lines, parsed)
     if isinstance(parsed, WorkflowFile):
         try:
             definition = normalise(parsed.definition)
@@ -185,6 +232,7 @@ def load(path: Path) -> Loaded:
         body: dict[str, Any] = {"description": parsed.description, "definition": definition,
                                 "tenant_id": parsed.tenant_id}
         return Loaded(path, "workflow", parsed.id, body, lines)
+    assert isinstance(parsed, TransformerFile)
     try:
         validate_config(parsed.type, parsed.config)
     except ConfigError as exc:
@@ -193,6 +241,28 @@ def load(path: Path) -> Loaded:
     body = {"type": parsed.type, "description": parsed.description, "config": parsed.config,
             "tenant_id": parsed.tenant_id}
     return Loaded(path, "transformer", parsed.id, body, lines)
+
+
+def _starter(path: Path, lines: dict[Path_, int],
+             parsed: ScheduleFile | TriggerFile | WebhookFile) -> Loaded:
+    """A schedule, trigger or webhook: the PUT body as the server lists it back (events in
+    capitals), so that an unchanged file compares equal."""
+    body = parsed.model_dump(exclude={"kind", "id"})
+    if isinstance(parsed, WebhookFile):
+        problems = []
+        if parsed.secret is not None:
+            problems.append(_problem(path, lines, "secret", "a secret in a file ends up in"
+                                     " version control: name its environment variable in"
+                                     " secret_env"))
+        if parsed.rotate_secret:
+            problems.append(_problem(path, lines, "rotate_secret", "not in a file (each deploy"
+                                     " would rotate it): PUT /webhooks/{id} with rotate_secret"))
+        if problems:
+            raise Problems(problems)
+        del body["secret"], body["rotate_secret"]
+    if isinstance(parsed, TriggerFile):
+        body["events"] = [event.upper() for event in parsed.events]
+    return Loaded(path, str(parsed.kind), parsed.id, body, lines)
 
 
 def load_all(paths: list[Path]) -> list[Loaded]:

@@ -16,10 +16,17 @@ import json
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
+from psycopg import sql
+from psycopg.types.json import Jsonb
+from pydantic import BaseModel, ValidationError
 
+from shared.alerts import AlertRuleRequest
 from supaflow_models.definitions import DefinitionError, normalise
+from supaflow_models.requests import ScheduleRequest, TriggerRequest, WebhookRequest
 from testkit.stack import Stack
 
 # A normalised step without its id, transformer and dependencies.
@@ -101,3 +108,55 @@ def test_database_and_model_agree_on_bounds(stack: Stack, field: str, inside: fl
     place = stored["steps"][0]["retry"] if field.startswith("retry.") else stored["steps"][0]
     place[key] = outside
     assert sql_problem(stored) is not None
+
+
+# What else a request model and its table both bound: (model, table, the model's required
+# fields, the table's other columns, field, a value at its bound, one just past it).
+WEBHOOK = (WebhookRequest, "webhooks", {"workflow_id": "w"},
+           {"workflow_id": "w", "signature": "standard", "secret": "s" * 32})
+RULE = (AlertRuleRequest, "alert_rules", {"kind": "failure_rate", "threshold": 1, "window_s": 60},
+        {"kind": "failure_rate", "threshold": 1, "window_s": 60})
+SCHEDULE = (ScheduleRequest, "schedules", {"workflow_id": "w", "cron": "* * * * *"},
+            {"workflow_id": "w", "cron": "* * * * *"})
+TRIGGER = (TriggerRequest, "event_triggers",
+           {"workflow_id": "w", "table": "public.t", "events": ["INSERT"]},
+           {"workflow_id": "w", "table_name": "public.t", "events": ["INSERT"],
+            "installed_sql": "-"})
+REQUEST_BOUNDS = [
+    (*WEBHOOK, "secret", "s" * 16, "s" * 15), (*WEBHOOK, "secret", "s" * 200, "s" * 201),
+    (*WEBHOOK, "tolerance_s", 1, 0), (*WEBHOOK, "tolerance_s", 3600, 3601),
+    (*WEBHOOK, "headers", ["x-h"] * 20, ["x-h"] * 21),
+    (*RULE, "description", "d" * 500, "d" * 501), (*RULE, "threshold", 0, -0.5),
+    (*RULE, "threshold", 1e9, 1.5e9), (*RULE, "window_s", 60, 59),
+    (*RULE, "window_s", 86400, 86401), (*RULE, "min_volume", 0, -1),
+    (*RULE, "min_volume", 1_000_000, 1_000_001), (*RULE, "webhook_url", "u" * 2000, "u" * 2001),
+    (*SCHEDULE, "cron", "c" * 100, "c" * 101),
+    (*TRIGGER, "condition", "c" * 2000, "c" * 2001),
+    (*TRIGGER, "start_offset_s", 2592000, 2592001),
+    (*TRIGGER, "start_offset_s", -2592000, -2592001),
+]
+
+
+@pytest.mark.parametrize(("model", "table", "required", "row", "field", "inside", "outside"),
+                         REQUEST_BOUNDS, ids=[f"{b[1]}.{b[4]}={b[6]!s:.12}" for b in REQUEST_BOUNDS])
+def test_request_models_and_tables_agree_on_bounds(
+        stack: Stack, model: type[BaseModel], table: str, required: dict[str, Any],
+        row: dict[str, Any], field: str, inside: Any, outside: Any) -> None:
+    """A value at a bound passes the model and the table's check; one past it neither
+    (the model's message is the clear one, the check the last word)."""
+    model.model_validate({**required, field: inside})
+    with pytest.raises(ValidationError):
+        model.model_validate({**required, field: outside})
+
+    def insert(value: Any) -> None:
+        values = {**row, field: value}
+        columns = sql.SQL(", ").join(map(sql.Identifier, values))
+        with stack.db() as conn, conn.transaction(force_rollback=True):
+            conn.execute(sql.SQL("insert into workflow.{} (id, {}) values ('bound-test', {})")
+                         .format(sql.Identifier(table), columns,
+                                 sql.SQL(", ").join(sql.Placeholder() * len(values))),
+                         [Jsonb(v) if isinstance(v, dict) else v for v in values.values()])
+
+    insert(inside)
+    with pytest.raises(psycopg.errors.CheckViolation):
+        insert(outside)

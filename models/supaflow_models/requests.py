@@ -41,12 +41,12 @@ class TriggerRequest(BaseModel):
     workflow_id: str
     table: str
     events: list[str] = Field(min_length=1)
-    condition: str | None = None
+    condition: str | None = Field(default=None, max_length=2000)
     input_mapping: dict[str, str] | None = None
     owner_column: str | None = None
     # Seed 001's phase: start at this column's time plus start_offset_s (negative: before).
     start_at_column: str | None = None
-    start_offset_s: float = 0
+    start_offset_s: float = Field(default=0, ge=-2592000, le=2592000)  # 30 days
 
 
 class ScheduleRequest(BaseModel):
@@ -58,7 +58,7 @@ class ScheduleRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     workflow_id: str
-    cron: str
+    cron: str = Field(max_length=100)
     timezone: str = "UTC"
     input: dict[str, Any] = Field(default_factory=dict)
     owner: str | None = None
